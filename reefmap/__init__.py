@@ -1,0 +1,30 @@
+"""reefmap: map the world's coral reefs from satellite imagery with Dask, xarray, Zarr and PyTorch.
+
+The top-level names are imported lazily so that planning and status never pull in torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "open_mosaic": "reefmap.sources",
+    "load_model": "reefmap.model",
+    "segment": "reefmap.infer",
+    "run": "reefmap.run",
+    "plan_tiles": "reefmap.plan",
+    "open_map": "reefmap.query",
+    "query": "reefmap.query",
+    "synthetic_mosaic": "reefmap.synthetic",
+    "status": "reefmap.progress",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'reefmap' has no attribute {name!r}")

@@ -1,0 +1,68 @@
+"""The reefmap error hierarchy.
+
+Every error a user can cause by what they pass in is a ``ReefmapError`` subclass whose message names the
+offending value and says how to fix it. The CLI prints these as one line and exits non-zero; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ReefmapError(Exception):
+    """Base class of all user-facing reefmap errors."""
+
+
+class InvalidParameter(ReefmapError, ValueError):
+    """A parameter has a value reefmap cannot use (wrong type, range, or combination)."""
+
+
+class SourceError(ReefmapError):
+    """An input mosaic cannot be opened or read."""
+
+
+class SourceNotFound(SourceError, FileNotFoundError):
+    """An input path or URL does not exist."""
+
+
+class CorruptSource(SourceError):
+    """An input file exists but its pixels cannot be decoded (truncated or corrupt)."""
+
+
+class CRSMismatch(SourceError):
+    """Mosaic files are in different CRSs and no target CRS was given."""
+
+
+class BandMismatch(ReefmapError):
+    """The mosaic's band count does not match what the model expects."""
+
+
+class BBoxError(InvalidParameter):
+    """A bounding box is malformed or does not intersect the mosaic."""
+
+
+class ModelError(ReefmapError):
+    """A model bundle is missing, malformed, or cannot run where asked."""
+
+
+class StoreError(ReefmapError):
+    """An output store cannot be used."""
+
+
+class StoreMismatch(StoreError):
+    """An existing store was written with another model, grid or parameters; refusing to mix them."""
+
+
+class NotAReefmapStore(StoreError):
+    """A path holds something that is not a reefmap map."""
+
+
+class TileFailures(ReefmapError):
+    """A run finished, but some tiles failed (each is recorded in the store with its reason)."""
+
+    def __init__(self, message: str, failed: dict[tuple[int, int], str]):
+        super().__init__(message)
+        self.failed = failed
+
+
+class ClusterError(ReefmapError):
+    """A cluster profile or launch request cannot be honoured."""
