@@ -1,0 +1,16 @@
+"""The embedded default: a LocalCluster of single-threaded worker processes (one model per process)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+
+@contextlib.contextmanager
+def local_client(workers: int | None = None, threads_per_worker: int = 1):
+    from distributed import Client, LocalCluster
+
+    n = workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
+    with LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                      dashboard_address=":0", silence_logs="error") as cluster, Client(cluster) as client:
+        yield client

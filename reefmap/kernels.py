@@ -1,0 +1,144 @@
+"""numba kernels for the per-pixel work around the model: normalisation with a nodata mask, the cheap
+empty-tile screen, and encoding class probabilities into the stored layers.
+
+All take and return plain numpy arrays in (band, y, x) / (y, x) order, run in parallel over rows, and are
+compiled once and cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+#: reef_probability is stored as uint8: value = round(p * PROB_SCALE); PROB_NODATA marks nodata
+PROB_SCALE = 250
+PROB_NODATA = 255
+CLASS_NODATA = 0
+
+
+@njit(parallel=True, cache=True)
+def _normalize(block, mean, inv_std, nodata, has_nodata, lo, hi, out, valid):
+    nb, ny, nx = block.shape
+    for r in prange(ny):
+        for c in range(nx):
+            n_nodata = 0
+            ok = True
+            for b in range(nb):
+                v = np.float64(block[b, r, c])
+                if v != v:  # NaN
+                    ok = False
+                elif has_nodata and v == nodata:
+                    n_nodata += 1
+                elif v < lo or v > hi:
+                    ok = False
+            if has_nodata and n_nodata == nb:
+                ok = False
+            if ok:
+                valid[r, c] = 1
+                for b in range(nb):
+                    out[b, r, c] = np.float32((np.float64(block[b, r, c]) - mean[b]) * inv_std[b])
+            else:
+                valid[r, c] = 0
+                for b in range(nb):
+                    out[b, r, c] = np.float32(0.0)
+
+
+def normalize(block: np.ndarray, mean, std, nodata=None, valid_range=(0.0, 255.0)):
+    """uint8/any ``(band, y, x)`` → ``(float32 (band, y, x), uint8 valid (y, x))``.
+
+    A pixel is invalid when every band equals ``nodata``, any band is NaN, or any band lies outside
+    ``valid_range``; invalid pixels are 0 in the normalised output (the training mean).
+    """
+    nb = block.shape[0]
+    mean = np.ascontiguousarray(mean, dtype=np.float64).reshape(nb)
+    inv_std = 1.0 / np.ascontiguousarray(std, dtype=np.float64).reshape(nb)
+    out = np.empty(block.shape, np.float32)
+    valid = np.empty(block.shape[1:], np.uint8)
+    has_nd = nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata))
+    _normalize(block, mean, inv_std, float(nodata) if has_nd else 0.0, has_nd,
+               float(valid_range[0]), float(valid_range[1]), out, valid)
+    return out, valid
+
+
+@njit(parallel=True, cache=True)
+def _screen_counts(block, nodata, has_nodata, lo, hi, boxes):
+    # boxes: (K, nb, 2) per-class colour boxes; counts[k] = valid pixels inside box k, counts[K] = valid pixels
+    nk = boxes.shape[0]
+    nb, ny, nx = block.shape
+    rows = np.zeros((ny, nk + 1), np.int64)
+    for r in prange(ny):
+        for c in range(nx):
+            n_nodata = 0
+            ok = True
+            for b in range(nb):
+                v = np.float64(block[b, r, c])
+                if v != v or v < lo or v > hi:
+                    ok = False
+                elif has_nodata and v == nodata:
+                    n_nodata += 1
+            if not ok or (has_nodata and n_nodata == nb):
+                continue
+            rows[r, nk] += 1
+            for k in range(nk):
+                inside = True
+                for b in range(nb):
+                    v = np.float64(block[b, r, c])
+                    if v < boxes[k, b, 0] or v > boxes[k, b, 1]:
+                        inside = False
+                        break
+                if inside:
+                    rows[r, k] += 1
+    return rows.sum(axis=0)
+
+
+def screen_counts(block: np.ndarray, boxes: np.ndarray, nodata=None, valid_range=(0.0, 255.0)) -> np.ndarray:
+    """How many valid pixels of a raw ``(band, y, x)`` block fall in each class's colour box
+    (``counts[k]``), and how many are valid at all (``counts[-1]``). Validity as in ``normalize``."""
+    has_nd = nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata))
+    return _screen_counts(block, float(nodata) if has_nd else 0.0, has_nd, float(valid_range[0]),
+                          float(valid_range[1]), np.ascontiguousarray(boxes, dtype=np.float64).reshape(-1, block.shape[0], 2))
+
+
+@njit(parallel=True, cache=True)
+def _encode(probs, valid, reef_channel, prob_out, cls_out):
+    nk, ny, nx = probs.shape
+    for r in prange(ny):
+        for c in range(nx):
+            if valid[r, c] == 0:
+                prob_out[r, c] = 255
+                cls_out[r, c] = 0
+                continue
+            best = 0
+            bv = probs[0, r, c]
+            for k in range(1, nk):
+                if probs[k, r, c] > bv:
+                    bv = probs[k, r, c]
+                    best = k
+            cls_out[r, c] = best + 1
+            p = probs[reef_channel, r, c]
+            if p < 0.0:
+                p = 0.0
+            elif p > 1.0:
+                p = 1.0
+            prob_out[r, c] = np.uint8(np.floor(p * 250.0 + 0.5))
+
+
+def encode(probs: np.ndarray, valid: np.ndarray, reef_channel: int):
+    """Class probabilities ``(K, y, x)`` → ``(reef_probability uint8, classification uint8)``.
+
+    classification = argmax + 1 (the class codes of ``reefmap.classes``), 0 where invalid;
+    reef_probability = round(p_reef * 250), 255 where invalid.
+    """
+    ny, nx = valid.shape
+    prob = np.empty((ny, nx), np.uint8)
+    cls = np.empty((ny, nx), np.uint8)
+    _encode(np.ascontiguousarray(probs, dtype=np.float32), valid, int(reef_channel), prob, cls)
+    return prob, cls
+
+
+def encode_constant(valid: np.ndarray, code: int):
+    """The layers of a skipped tile: class ``code`` and reef probability 0 where valid, nodata elsewhere."""
+    v = valid.astype(bool)
+    prob = np.where(v, np.uint8(0), np.uint8(PROB_NODATA)).astype(np.uint8)
+    cls = np.where(v, np.uint8(code), np.uint8(CLASS_NODATA)).astype(np.uint8)
+    return prob, cls

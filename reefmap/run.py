@@ -1,0 +1,201 @@
+"""Execute a tile plan: create or reopen the map, compute only what is not finished, in bounded batches.
+
+``run(mosaic, model, out)`` is the whole job on one line; each step is a library call of its own:
+``read_bundle`` (no torch) → ``plan_tiles`` → ``MapStore.create_or_open`` (refuses a store made by another
+model/grid) → ``execute`` (submits small independent per-tile tasks, never more than ``max_in_flight`` at
+once, to a dask client or an in-process thread pool) → a ``RunSummary``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import BandMismatch, InvalidParameter, TileFailures
+from .infer import TileJob, TileOutcome, run_tiles
+from .plan import Plan, plan_tiles
+from .progress import ProgressBar
+from .store import FINISHED_STATES, MapStore, TileState, code_version
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    store: str
+    planned: int
+    already_finished: int
+    computed: int
+    done: int
+    skipped: int
+    failed: int
+    seconds: float
+    megapixels: float
+    failures: dict = field(default_factory=dict)
+
+    @property
+    def mpx_per_s(self) -> float:
+        return self.megapixels / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["failures"] = {f"{k[0]},{k[1]}": v for k, v in self.failures.items()}
+        d["mpx_per_s"] = round(self.mpx_per_s, 3)
+        return d
+
+    def __str__(self) -> str:
+        return (f"{self.store}: {self.planned} tiles planned, {self.already_finished} already finished; "
+                f"computed {self.computed}: done {self.done}, skipped {self.skipped}, failed {self.failed} "
+                f"in {self.seconds:.1f}s ({self.mpx_per_s:.2f} Mpx/s)")
+
+
+def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: int = 1024,
+            halo: int | None = None, screen: bool = True, storage_options: dict | None = None,
+            tile_mask: np.ndarray | None = None) -> tuple[Plan, TileJob, MapStore]:
+    """Plan a run and open (or create) its store — metadata only: no pixels, no torch."""
+    from .model import read_bundle
+    from .sources.base import reader_of
+
+    if out is None:
+        raise InvalidParameter("no output store given; pass out= (a path or URL ending in .zarr)")
+    reader = reader_of(mosaic)
+    meta = read_bundle(model)
+    if len(reader.band_names) != len(meta.bands):
+        raise BandMismatch(
+            f"the mosaic has {len(reader.band_names)} bands ({', '.join(map(str, reader.band_names))}) but model "
+            f"{meta.name!r} expects {len(meta.bands)} ({', '.join(meta.bands)}); give a mosaic with those bands or a matching model"
+        )
+    halo = meta.halo if halo is None else int(halo)
+    if halo < meta.receptive_radius:
+        raise InvalidParameter(
+            f"halo {halo} px is smaller than model {meta.name!r}'s receptive radius {meta.receptive_radius} px: tiles "
+            f"would show seams; use --halo {meta.halo} (the bundle's default)"
+        )
+    plan = plan_tiles(reader.geobox, tile, halo, bbox=bbox, bbox_crs=bbox_crs, size_multiple=meta.size_multiple, mask=tile_mask)
+    identity = {"model": meta.sha256, "halo": halo, "screen": bool(screen), "bands": list(meta.bands)}
+    provenance = {
+        "model": meta.provenance(),
+        "reefmap_version": code_version(),
+        "sources": [reader.spec()],
+        "parameters": {"tile": int(tile), "halo": halo, "screen": bool(screen), "bbox": None if bbox is None else list(map(float, _bbox_list(bbox)))},
+    }
+    store = MapStore.create_or_open(out, plan.grid, identity, provenance, storage_options)
+    store.record_plan(plan)
+    job = TileJob(reader_spec=reader.spec(), bundle=meta.path, store=store, screen=bool(screen))
+    return plan, job, store
+
+
+def _bbox_list(bbox):
+    from .grid import BBox
+
+    return bbox if isinstance(bbox, BBox) else BBox.parse(bbox)
+
+
+def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: int = 1, max_in_flight: int | None = None,
+            progress: bool = True, retry_failed: bool = True) -> RunSummary:
+    """Compute the plan's unfinished tiles on ``client`` (a distributed Client, or None for an in-process
+    thread pool) and record each tile's state in the store. Finished tiles are never recomputed."""
+    t0 = time.perf_counter()
+    states = store.states()
+    finished = np.isin(states, FINISHED_STATES) if retry_failed else (states != TileState.PENDING)
+    todo = plan.remaining(finished)
+    tiles = np.argwhere(todo)
+    n_already = plan.count - len(tiles)
+    groups = [tiles[i:i + batch] for i in range(0, len(tiles), max(1, batch))]
+    bar = ProgressBar(len(tiles), enabled=progress)
+    outcomes: list[TileOutcome] = []
+
+    def submit_all(submit, wait_one, limit):
+        pending = set()
+        it = iter(groups)
+        for g in it:
+            pending.add(submit(g))
+            if len(pending) >= limit:
+                break
+        while pending:
+            fut, pending = wait_one(pending)
+            for o in fut.result():
+                outcomes.append(o)
+                bar.update(o.state, o.pixels)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.add(submit(nxt))
+
+    if client is None:
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        with ThreadPoolExecutor(1) as pool:
+            def wait_one(pending):
+                done, rest = wait(pending, return_when=FIRST_COMPLETED)
+                one = next(iter(done))
+                return one, (rest | done) - {one}
+
+            submit_all(lambda g: pool.submit(run_tiles, job, [plan.task(t) for t in g]), wait_one, max_in_flight or 2)
+    else:
+        from distributed import wait
+
+        resources = _gpu_resources(client)
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        limit = max_in_flight or max(4, 2 * n_workers)
+
+        def submit(g):
+            key = f"reefmap-tile-{plan.token}-{int(g[0][0])}-{int(g[0][1])}"
+            return client.submit(run_tiles, job, [plan.task(t) for t in g], key=key, pure=False, resources=resources)
+
+        def wait_one(pending):
+            res = wait(pending, return_when="FIRST_COMPLETED")
+            one = next(iter(res.done))
+            return one, set(pending) - {one}
+
+        submit_all(submit, wait_one, limit)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    failures = {o.index: o.error for o in outcomes if o.state == TileState.FAILED}
+    return RunSummary(
+        store=store.url, planned=plan.count, already_finished=n_already, computed=len(outcomes),
+        done=sum(o.state == TileState.DONE for o in outcomes),
+        skipped=sum(o.state not in (TileState.DONE, TileState.FAILED) for o in outcomes),
+        failed=len(failures), seconds=seconds, megapixels=sum(o.pixels for o in outcomes) / 1e6, failures=failures,
+    )
+
+
+def _gpu_resources(client) -> dict | None:
+    """Pin tile tasks to GPU workers when the cluster advertises any (``--resources GPU=1``)."""
+    workers = client.scheduler_info().get("workers", {})
+    if any(w.get("resources", {}).get("GPU") for w in workers.values()):
+        return {"GPU": 1}
+    return None
+
+
+def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: int = 1024, halo: int | None = None,
+        screen: bool = True, client: Any = "local", workers: int | None = None, batch: int = 1,
+        max_in_flight: int | None = None, progress: bool = True, storage_options: dict | None = None,
+        raise_on_failure: bool = True) -> RunSummary:
+    """Map ``mosaic`` with ``model`` into the Zarr store ``out``; resumable and idempotent.
+
+    ``client``: a ``distributed.Client``; ``"local"`` (default) starts a LocalCluster of ``workers`` processes
+    for this call; ``None`` runs in this process. Raises ``TileFailures`` (after finishing every other tile)
+    when some tiles failed; each is recorded in the store with its reason.
+    """
+    plan, job, store = prepare(mosaic, model, out, bbox=bbox, bbox_crs=bbox_crs, tile=tile, halo=halo, screen=screen,
+                               storage_options=storage_options)
+    if client == "local":
+        from .cluster_local import local_client
+
+        with local_client(workers) as c:
+            summary = execute(plan, job, store, client=c, batch=batch, max_in_flight=max_in_flight, progress=progress)
+    else:
+        summary = execute(plan, job, store, client=client, batch=batch, max_in_flight=max_in_flight, progress=progress)
+    if summary.failed and raise_on_failure:
+        listed = "; ".join(f"tile {k}: {v}" for k, v in list(summary.failures.items())[:5])
+        more = f" (and {summary.failed - 5} more)" if summary.failed > 5 else ""
+        raise TileFailures(
+            f"{summary.failed} of {summary.computed} tiles failed ({listed}{more}); the others are written. "
+            f"Fix the input and re-run the same command: only unfinished tiles are computed", summary.failures)
+    return summary
+
+
+def summary_json(summary: RunSummary) -> str:
+    return json.dumps(summary.to_json(), indent=2)

@@ -1,0 +1,310 @@
+"""The output map: a Zarr v3 store on the mosaic's grid.
+
+Layout (one Zarr group; every object is written by exactly one tile, so writes never race):
+
+- ``reef_probability`` (y, x) uint8: p = value / 250 (``scale_factor``), 255 = nodata (``_FillValue``);
+- ``classification`` (y, x) uint8: CF ``flag_values`` 0..5 / ``flag_meanings`` (0 = nodata);
+- ``x``, ``y`` pixel-centre coordinates and ``spatial_ref`` (CF grid mapping + GDAL ``GeoTransform``), so
+  ``xr.open_zarr(store).rio.crs`` / ``.rio.transform()`` are the mosaic's;
+- ``tile_status`` (tile_y, tile_x) uint8, one 1x1 chunk per tile: 0 pending, 1 done, 2/3/4 skipped
+  (nodata / land / deep water), 9 failed — written only after the tile's pixels are;
+- ``tile_errors/t{iy}_{ix}`` groups whose attributes hold a failed tile's reason;
+- ``plans/{token}`` groups recording each run's plan; group attributes ``reefmap`` hold provenance.
+
+Data chunks are the tiles: a tile writes whole chunks only, with deterministic content, so repeating a
+tile (after a kill, or from a second concurrent run) rewrites identical bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import threading
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .classes import CLASSES
+from .errors import NotAReefmapStore, StoreError, StoreMismatch
+from .grid import TileGrid, TileIndex, Window
+from .kernels import CLASS_NODATA, PROB_NODATA, PROB_SCALE
+
+STORE_FORMAT = "reefmap-map/1"
+DATA_VARS = ("reef_probability", "classification")
+
+
+class TileState(IntEnum):
+    PENDING = 0
+    DONE = 1
+    SKIPPED_NODATA = 2
+    SKIPPED_LAND = 3
+    SKIPPED_DEEP_WATER = 4
+    FAILED = 9
+
+
+SKIPPED_STATES = (TileState.SKIPPED_NODATA, TileState.SKIPPED_LAND, TileState.SKIPPED_DEEP_WATER)
+FINISHED_STATES = (TileState.DONE, *SKIPPED_STATES)
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _normalise_url(url: str | os.PathLike) -> str:
+    url = os.fspath(url)
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    return url if _is_url(url) else os.path.abspath(url)
+
+
+def code_version() -> str:
+    """reefmap's version, plus the git commit when running from a checkout."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0 and rev.stdout.strip():
+            dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return f"{__version__}+g{rev.stdout.strip()}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return __version__
+
+
+def _spatial_ref_attrs(grid: TileGrid) -> dict:
+    from pyproj import CRS
+
+    g = grid.geobox
+    crs = CRS.from_user_input(g.crs)
+    attrs = {k: v for k, v in crs.to_cf().items() if isinstance(v, (str, int, float))}
+    t = g.transform
+    attrs.update(crs_wkt=crs.to_wkt(), spatial_ref=crs.to_wkt(),
+                 GeoTransform=" ".join(repr(float(v)) for v in (t.c, t.a, t.b, t.f, t.d, t.e)))
+    return attrs
+
+
+class MapStore:
+    """A reefmap map on any fsspec URL or local path. Pickles as its URL; reopened lazily per process."""
+
+    def __init__(self, url: str | os.PathLike, storage_options: dict | None = None):
+        self.url = _normalise_url(url)
+        self.storage_options = storage_options or {}
+        self._group = None
+        self._arrays: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __reduce__(self):
+        return (MapStore, (self.url, self.storage_options))
+
+    def __repr__(self):
+        return f"<MapStore {self.url}>"
+
+    # -- opening ------------------------------------------------------------------------------------------------
+    def _open_group(self, mode: str):
+        import zarr
+
+        kw = {"storage_options": self.storage_options} if _is_url(self.url) else {}
+        return zarr.open_group(self.url, mode=mode, zarr_format=3, **kw)
+
+    @property
+    def group(self):
+        if self._group is None:
+            with self._lock:
+                if self._group is None:
+                    try:
+                        g = self._open_group("r+")
+                    except (FileNotFoundError, KeyError) as e:
+                        raise NotAReefmapStore(f"{self.url!r} is not a reefmap map (no Zarr group there: {e})") from None
+                    except Exception as e:  # zarr raises its own errors for missing/foreign nodes
+                        raise NotAReefmapStore(f"{self.url!r} is not a reefmap map ({type(e).__name__}: {e})") from None
+                    if "reefmap" not in g.attrs:
+                        raise NotAReefmapStore(
+                            f"{self.url!r} is a Zarr group but not a reefmap map (no 'reefmap' attributes); "
+                            "point at a store written by reefmap, or choose a new output path"
+                        )
+                    self._group = g
+        return self._group
+
+    def exists(self) -> bool:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        return fs.exists(path.rstrip("/") + "/zarr.json")
+
+    def array(self, name: str):
+        a = self._arrays.get(name)
+        if a is None:
+            a = self._arrays[name] = self.group[name]
+        return a
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs["reefmap"])
+
+    @property
+    def grid(self) -> TileGrid:
+        return TileGrid.from_json(self.attrs["grid"])
+
+    # -- creation -----------------------------------------------------------------------------------------------
+    @classmethod
+    def create_or_open(cls, url: str | os.PathLike, grid: TileGrid, identity: dict, provenance: dict,
+                       storage_options: dict | None = None) -> "MapStore":
+        """Open the map at ``url`` if it exists and was made for the same ``identity`` (grid, model, halo …);
+        create it otherwise. A mismatch raises ``StoreMismatch`` naming what differs — never mixes runs.
+
+        Creating is safe to race: two runs creating one store write identical metadata.
+        """
+        store = cls(url, storage_options)
+        identity = {"grid": grid.to_json(), **identity}
+        if store.exists():
+            store.check_identity(identity)
+            return store
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(store.url, **store.storage_options)
+        if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)):
+            raise NotAReefmapStore(
+                f"output {store.url!r} already exists and is not a reefmap map; choose a new --out (nothing was written)"
+            )
+        store._create(grid, identity, provenance)
+        return store
+
+    def check_identity(self, identity: dict) -> None:
+        have = self.attrs.get("identity", {})
+        diffs = []
+        for key, want in identity.items():
+            got = have.get(key)
+            if key == "grid" and got is not None:
+                same = TileGrid.from_json(got).tile == TileGrid.from_json(want).tile and \
+                    TileGrid.from_json(got).geobox.same_grid(TileGrid.from_json(want).geobox)
+            else:
+                same = got == want
+            if not same:
+                diffs.append(f"{key}: store has {_short(got)}, this run has {_short(want)}")
+        if diffs:
+            raise StoreMismatch(
+                f"store {self.url!r} was written by a different run configuration ({'; '.join(diffs)}); "
+                "refusing to mix them: use a new --out, or re-run with the store's model and parameters"
+            )
+
+    def _create(self, grid: TileGrid, identity: dict, provenance: dict) -> None:
+        import zarr
+
+        g = self._open_group("a")
+        geo = grid.geobox
+        t = grid.tile
+        ny, nx = geo.shape
+        common = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
+        kw = dict(overwrite=True)
+        sref = g.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0, attributes=_spatial_ref_attrs(grid), **kw)
+        sref[...] = 0
+        if geo.is_axis_aligned:
+            for name, vals, n, attrs in (
+                ("x", geo.xs(), nx, {"standard_name": "projection_x_coordinate", "axis": "X"}),
+                ("y", geo.ys(), ny, {"standard_name": "projection_y_coordinate", "axis": "Y"}),
+            ):
+                a = g.create_array(name, shape=(n,), chunks=(min(n, t * 64),), dtype="float64", fill_value=np.nan,
+                                   dimension_names=[name], attributes=attrs, **kw)
+                a[:] = vals
+        g.create_array(
+            "reef_probability", shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=PROB_NODATA,
+            dimension_names=["y", "x"], **kw,
+            attributes={**common, "_FillValue": PROB_NODATA, "scale_factor": 1.0 / PROB_SCALE, "add_offset": 0.0,
+                        "long_name": "probability that the pixel is coral reef", "units": "1",
+                        "comment": f"stored as uint8: probability = value / {PROB_SCALE}; {PROB_NODATA} = nodata"},
+        )
+        g.create_array(
+            "classification", shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=CLASS_NODATA,
+            dimension_names=["y", "x"], **kw,
+            attributes={**common, "flag_values": [CLASS_NODATA, *CLASSES.values()],
+                        "flag_meanings": " ".join(["nodata", *CLASSES]), "nodata": CLASS_NODATA,
+                        "long_name": "benthic/surface class (argmax of the model's class probabilities)"},
+        )
+        g.create_array(
+            "tile_status", shape=tuple(grid.shape), chunks=(1, 1), dtype="uint8", fill_value=0, compressors=None,
+            dimension_names=["tile_y", "tile_x"], **kw,
+            attributes={"flag_values": [int(s) for s in TileState],
+                        "flag_meanings": " ".join(s.name.lower() for s in TileState), "tile_size": t,
+                        "long_name": "per-tile completion state, written after the tile's pixels"},
+        )
+        g.require_group("tile_errors")
+        g.require_group("plans")
+        # the root attributes go last: a store is only "a reefmap map" once everything above exists
+        g.attrs["reefmap"] = {
+            "format": STORE_FORMAT, "identity": identity, "grid": grid.to_json(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **provenance,
+        }
+        self._group = None
+
+    # -- tile writes -------------------------------------------------------------------------------------------
+    def write_tile(self, write: Window, prob: np.ndarray, cls: np.ndarray) -> None:
+        """Write one tile's layers (whole, aligned chunks: idempotent and race-free)."""
+        rs, cs = write.slices
+        self.array("reef_probability")[rs, cs] = prob
+        self.array("classification")[rs, cs] = cls
+
+    def mark(self, idx: TileIndex, state: TileState, error: str | None = None) -> None:
+        """Record a tile's state — call only after its pixels are written."""
+        iy, ix = int(idx[0]), int(idx[1])
+        errs = self.group["tile_errors"]
+        key = f"t{iy}_{ix}"
+        if state == TileState.FAILED:
+            errs.create_group(key, overwrite=True, attributes={"tile": [iy, ix], "error": str(error)[:4000],
+                                                               "time": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+        elif key in errs:
+            del errs[key]
+        self.array("tile_status")[iy, ix] = int(state)
+
+    def record_plan(self, plan) -> None:
+        self.group["plans"].create_group(plan.token, overwrite=True, attributes=plan.to_json())
+
+    # -- reading state -----------------------------------------------------------------------------------------
+    def states(self) -> np.ndarray:
+        """Tile states as a uint8 array over the tile grid (reads only the tiles that have a state)."""
+        arr = self.array("tile_status")
+        out = np.zeros(arr.shape, np.uint8)
+        keys = self._status_keys()
+        if keys:
+            iy, ix = np.array(keys, dtype=np.int64).T
+            out[iy, ix] = arr.vindex[iy, ix]
+        return out
+
+    def _status_keys(self) -> list[tuple[int, int]]:
+        from zarr.core.sync import sync
+
+        store = self.group.store_path.store
+        prefix = (self.group.store_path.path + "/" if self.group.store_path.path else "") + "tile_status/c/"
+
+        async def _list():
+            return [k async for k in store.list_prefix(prefix)]
+
+        out = []
+        for k in sync(_list()):
+            parts = k[len(prefix):].split("/")
+            if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():  # skips orphaned *.partial files
+                out.append((int(parts[0]), int(parts[1])))
+        return out
+
+    def plans(self) -> list:
+        from .plan import Plan
+
+        return [Plan.from_json(dict(grp.attrs)) for _, grp in self.group["plans"].groups()]
+
+    def planned(self) -> np.ndarray:
+        """Union of every recorded plan's selection (bool over the tile grid)."""
+        sel = np.zeros(tuple(self.grid.shape), bool)
+        for p in self.plans():
+            sel |= p.selection
+        return sel
+
+    def errors(self) -> dict[tuple[int, int], str]:
+        return {tuple(grp.attrs["tile"]): grp.attrs["error"] for _, grp in self.group["tile_errors"].groups()}
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) < 120 else s[:117] + "..."
