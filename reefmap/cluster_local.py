@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 
 
@@ -12,5 +13,5 @@ def local_client(workers: int | None = None, threads_per_worker: int = 1):
 
     n = workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
     with LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=":0", silence_logs="error") as cluster, Client(cluster) as client:
+                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client

@@ -161,7 +161,7 @@ class GeoBox:
 
     def _corners(self):
         t = self.transform
-        pts = [t * (c, r) for r, c in ((0, 0), (0, self.shape.x), (self.shape.y, 0), (self.shape.y, self.shape.x))]
+        pts = [t @ (c, r) for r, c in ((0, 0), (0, self.shape.x), (self.shape.y, 0), (self.shape.y, self.shape.x))]
         return [p[0] for p in pts], [p[1] for p in pts]
 
     @cached_property
@@ -182,7 +182,7 @@ class GeoBox:
 
     def window(self, win: Window) -> "GeoBox":
         """The sub-grid of a window (which may extend past this grid, e.g. a halo)."""
-        t = self.transform * Affine.translation(win.col_start, win.row_start)
+        t = self.transform @ Affine.translation(win.col_start, win.row_start)
         return GeoBox(win.shape, t, self.crs)
 
     def window_of_bbox(self, bbox: BBox, bbox_crs: Any = "EPSG:4326") -> Window:
@@ -202,7 +202,7 @@ class GeoBox:
         inv = ~self.transform
         cols, rows = [], []
         for x, y in ((l, b), (l, t), (r, b), (r, t)):
-            c, rr = inv * (x, y)
+            c, rr = inv @ (x, y)
             cols.append(c)
             rows.append(rr)
         win = Window(math.floor(min(rows)), math.ceil(max(rows)), math.floor(min(cols)), math.ceil(max(cols)))

@@ -111,14 +111,18 @@ def segment(mosaic, model=None, *, halo: int | None = None, tile: int | None = N
     if tile is not None:
         arr = arr.rechunk((-1, tile, tile))
     m = meta.size_multiple
+    merged = []
     for ax, chunks in (("y", arr.chunks[1]), ("x", arr.chunks[2])):
         if any(c % m for c in chunks[:-1]) or (halo % m):
             raise InvalidParameter(f"{ax} chunks {chunks[:3]}… and halo {halo} must be multiples of {m} (the model "
                                    f"pools {m}x) for seamless tiles; pass tile=1024 (or another multiple of {m})")
-        if min(chunks) < halo and len(chunks) > 1:
+        if len(chunks) > 1 and chunks[-1] < halo:  # a sliver at the edge joins its neighbour (alignment is kept)
+            chunks = chunks[:-2] + (chunks[-2] + chunks[-1],)
+        if len(chunks) > 1 and min(chunks) < halo:
             raise InvalidParameter(f"{ax} chunks as small as {min(chunks)} px are smaller than the halo {halo}; "
                                    "pass a larger tile=")
-    arr = arr.rechunk({0: -1})
+        merged.append(chunks)
+    arr = arr.rechunk((-1, *merged))
     nodata = mosaic.attrs.get("nodata", mosaic.attrs.get("_FillValue"))
     ov_chunks = ((2,),) + da.overlap.overlap(arr, {0: 0, 1: halo, 2: halo}, boundary="none").chunks[1:]
     out = da.map_overlap(_overlap_block, arr, depth={0: 0, 1: halo, 2: halo}, boundary="none", trim=True,

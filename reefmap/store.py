@@ -161,17 +161,32 @@ class MapStore:
         store = cls(url, storage_options)
         identity = {"grid": grid.to_json(), **identity}
         if store.exists():
-            store.check_identity(identity)
-            return store
+            try:
+                store.check_identity(identity)
+                return store
+            except NotAReefmapStore:
+                if not store._being_created():
+                    raise
         import fsspec
 
         fs, path = fsspec.core.url_to_fs(store.url, **store.storage_options)
-        if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)):
+        if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)) and not store._being_created():
             raise NotAReefmapStore(
                 f"output {store.url!r} already exists and is not a reefmap map; choose a new --out (nothing was written)"
             )
         store._create(grid, identity, provenance)
+        store.check_identity(identity)  # a concurrent creator with another configuration may have won
         return store
+
+    _MEMBERS = {"spatial_ref", "x", "y", "reef_probability", "classification", "tile_status", "tile_errors", "plans"}
+
+    def _being_created(self) -> bool:
+        """A Zarr group holding only reefmap's members but no root attributes yet: another run is creating it."""
+        try:
+            g = self._open_group("r")
+        except Exception:
+            return False
+        return "reefmap" not in g.attrs and set(k for k, _ in g.members()) <= self._MEMBERS
 
     def check_identity(self, identity: dict) -> None:
         have = self.attrs.get("identity", {})
@@ -194,46 +209,68 @@ class MapStore:
     def _create(self, grid: TileGrid, identity: dict, provenance: dict) -> None:
         import zarr
 
-        g = self._open_group("a")
+        from zarr.errors import ContainsArrayError, ContainsGroupError
+
+        for _ in range(20):  # two runs may create the group at the same moment: one wins, the other opens it
+            try:
+                g = self._open_group("a")
+                break
+            except ContainsGroupError:
+                continue
         geo = grid.geobox
         t = grid.tile
         ny, nx = geo.shape
         common = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
-        kw = dict(overwrite=True)
-        sref = g.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0, attributes=_spatial_ref_attrs(grid), **kw)
-        sref[...] = 0
+
+        def create_array(name, **kw):
+            """Create ``name`` unless it exists; never overwrite (a concurrent run may already be writing)."""
+            try:
+                return g.create_array(name, overwrite=False, **kw)
+            except (ContainsArrayError, ContainsGroupError):
+                return None
+
+        sref = create_array("spatial_ref", shape=(), dtype="int64", fill_value=0, attributes=_spatial_ref_attrs(grid))
+        if sref is not None:
+            sref[...] = 0
         if geo.is_axis_aligned:
             for name, vals, n, attrs in (
                 ("x", geo.xs(), nx, {"standard_name": "projection_x_coordinate", "axis": "X"}),
                 ("y", geo.ys(), ny, {"standard_name": "projection_y_coordinate", "axis": "Y"}),
             ):
-                a = g.create_array(name, shape=(n,), chunks=(min(n, t * 64),), dtype="float64", fill_value=np.nan,
-                                   dimension_names=[name], attributes=attrs, **kw)
-                a[:] = vals
-        g.create_array(
+                a = create_array(name, shape=(n,), chunks=(min(n, t * 64),), dtype="float64", fill_value=np.nan,
+                                 dimension_names=[name], attributes=attrs)
+                if a is not None:
+                    a[:] = vals
+        create_array(
             "reef_probability", shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=PROB_NODATA,
-            dimension_names=["y", "x"], **kw,
+            dimension_names=["y", "x"],
             attributes={**common, "_FillValue": PROB_NODATA, "scale_factor": 1.0 / PROB_SCALE, "add_offset": 0.0,
                         "long_name": "probability that the pixel is coral reef", "units": "1",
                         "comment": f"stored as uint8: probability = value / {PROB_SCALE}; {PROB_NODATA} = nodata"},
         )
-        g.create_array(
+        create_array(
             "classification", shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=CLASS_NODATA,
-            dimension_names=["y", "x"], **kw,
+            dimension_names=["y", "x"],
             attributes={**common, "flag_values": [CLASS_NODATA, *CLASSES.values()],
                         "flag_meanings": " ".join(["nodata", *CLASSES]), "nodata": CLASS_NODATA,
                         "long_name": "benthic/surface class (argmax of the model's class probabilities)"},
         )
-        g.create_array(
+        create_array(
             "tile_status", shape=tuple(grid.shape), chunks=(1, 1), dtype="uint8", fill_value=0, compressors=None,
-            dimension_names=["tile_y", "tile_x"], **kw,
+            dimension_names=["tile_y", "tile_x"],
             attributes={"flag_values": [int(s) for s in TileState],
                         "flag_meanings": " ".join(s.name.lower() for s in TileState), "tile_size": t,
                         "long_name": "per-tile completion state, written after the tile's pixels"},
         )
-        g.require_group("tile_errors")
-        g.require_group("plans")
+        for name in ("tile_errors", "plans"):
+            try:
+                g.require_group(name)
+            except (ContainsArrayError, ContainsGroupError):
+                pass
         # the root attributes go last: a store is only "a reefmap map" once everything above exists
+        if "reefmap" in g.attrs:
+            self._group = None
+            return
         g.attrs["reefmap"] = {
             "format": STORE_FORMAT, "identity": identity, "grid": grid.to_json(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **provenance,

@@ -1,0 +1,178 @@
+"""The tile runner and the Zarr map: agreement with segment(), resume, idempotence, refusal, races, kills."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from reefmap.errors import BandMismatch, InvalidParameter, NotAReefmapStore, StoreMismatch
+from reefmap.infer import segment
+from reefmap.model import load_model
+from reefmap.progress import status
+from reefmap.run import execute, prepare, run
+from reefmap.sources import open_mosaic
+from reefmap.store import MapStore, TileState
+
+
+def layers(path):
+    g = zarr.open_group(str(path), mode="r")
+    return g["reef_probability"][:], g["classification"][:], g["tile_status"][:]
+
+
+def test_runner_agrees_with_segment_and_store_decodes_like_it(memory_mosaic, random_bundle, tmp_path):
+    da, arr = memory_mosaic
+    summary = run(da, random_bundle.path, tmp_path / "m.zarr", tile=128, client=None, progress=False)
+    assert summary.planned == 6 * 8 and summary.computed == 48 and summary.failed == 0
+    assert summary.skipped >= 1  # the nodata corner
+    ds = xr.open_zarr(tmp_path / "m.zarr", consolidated=False)
+    ref = segment(da, load_model(random_bundle), tile=128).compute(scheduler="threads")
+    np.testing.assert_array_equal(ds.classification.values, ref.classification.values)
+    np.testing.assert_allclose(ds.reef_probability.values, ref.reef_probability.values, atol=1e-6, equal_nan=True)
+    assert ds.rio.crs == da.rio.crs and ds.rio.transform() == da.rio.transform()
+    assert ds.classification.attrs["flag_meanings"] == "nodata deep_water shallow reef land cloud"
+    attrs = ds.attrs["reefmap"]
+    assert attrs["model"]["sha256"] == random_bundle.sha256 and attrs["parameters"]["halo"] == 32
+    assert attrs["reefmap_version"].startswith("0.1.0") and attrs["sources"][0]["kind"] == "memory"
+
+
+def test_resume_computes_only_unfinished_tiles(zarr_mosaic, random_bundle, tmp_path):
+    path, _ = zarr_mosaic
+    mosaic = open_mosaic(str(path))
+    out = tmp_path / "m.zarr"
+    plan, job, store = prepare(mosaic, random_bundle.path, out, tile=128)
+    # finish a third of the plan, as a killed run would have
+    part = np.zeros(tuple(plan.grid.shape), bool)
+    part[:2] = True
+    execute(plan.__class__(plan.grid, plan.halo, part), job, store, progress=False)
+    first = store.states().copy()
+    assert (first[:2] != 0).all() and (first[2:] == 0).all()
+    s = run(mosaic, random_bundle.path, out, tile=128, client=None, progress=False)
+    assert s.already_finished == 2 * plan.grid.shape.x and s.computed == plan.count - s.already_finished
+    again = run(mosaic, random_bundle.path, out, tile=128, client=None, progress=False)
+    assert again.computed == 0 and again.already_finished == plan.count
+    full = run(mosaic, random_bundle.path, tmp_path / "fresh.zarr", tile=128, client=None, progress=False)
+    assert full.computed == plan.count
+    for a, b in zip(layers(out), layers(tmp_path / "fresh.zarr")):
+        np.testing.assert_array_equal(a, b)
+    st = status(str(out))
+    assert st["planned"] == plan.count and st["pending"] == 0 and st["percent_done"] == 100.0
+    assert st["done"] + st["skipped"] == plan.count
+
+
+def test_bbox_run_plans_a_subset_and_status_counts_pending(zarr_mosaic, random_bundle, tmp_path):
+    path, _ = zarr_mosaic
+    mosaic = open_mosaic(str(path))
+    gb = mosaic.rio.transform()
+    from reefmap.sources.base import reader_of
+
+    g = reader_of(mosaic).geobox.geographic_bounds()
+    box = (g.left, g.bottom, g.left + (g.right - g.left) * 0.3, g.bottom + (g.top - g.bottom) * 0.3)
+    s = run(mosaic, random_bundle.path, tmp_path / "m.zarr", bbox=box, tile=128, client=None, progress=False)
+    assert 0 < s.planned < 5 * 7
+    st = status(str(tmp_path / "m.zarr"))
+    assert st["planned"] == s.planned and st["pending"] == 0
+    assert gb is not None
+
+
+def test_a_store_of_another_model_or_grid_is_refused_and_left_intact(zarr_mosaic, random_bundle, tmp_path):
+    import torch
+
+    from reefmap.model import save_bundle
+
+    path, _ = zarr_mosaic
+    mosaic = open_mosaic(str(path))
+    out = tmp_path / "m.zarr"
+    run(mosaic, random_bundle.path, out, tile=128, client=None, progress=False)
+    before = layers(out)
+    other = load_model(random_bundle).net
+    with torch.no_grad():
+        next(other.parameters()).add_(0)  # same weights, different name → different content hash
+    meta2 = json.loads(open(os.path.join(random_bundle.path, "bundle.json")).read())["meta"]
+    meta2["name"] = "another-model"
+    b2 = save_bundle(tmp_path / "b2", other, meta2)
+    with pytest.raises(StoreMismatch, match="model: store has"):
+        run(mosaic, b2.path, out, tile=128, client=None, progress=False)
+    with pytest.raises(StoreMismatch, match="grid"):
+        run(mosaic, random_bundle.path, out, tile=256, client=None, progress=False)
+    for a, b in zip(before, layers(out)):
+        np.testing.assert_array_equal(a, b)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "x.txt").write_text("keep me")
+    with pytest.raises(NotAReefmapStore):
+        run(mosaic, random_bundle.path, tmp_path / "notes", tile=128, client=None, progress=False)
+    assert (tmp_path / "notes" / "x.txt").read_text() == "keep me"
+    with pytest.raises(NotAReefmapStore):
+        status(str(tmp_path / "notes"))
+
+
+def test_band_count_and_halo_are_checked_before_anything_is_written(memory_mosaic, random_bundle, tmp_path):
+    da, _ = memory_mosaic
+    from reefmap.sources import memory_reader
+    from reefmap.sources.base import reader_of
+
+    two = memory_reader(np.zeros((2, 64, 64), np.uint8), reader_of(da).geobox.window(
+        __import__("reefmap.grid", fromlist=["Window"]).Window(0, 64, 0, 64)), nodata=0)
+    with pytest.raises(BandMismatch, match="has 2 bands"):
+        run(two, random_bundle.path, tmp_path / "a.zarr", client=None, progress=False)
+    with pytest.raises(InvalidParameter, match="receptive radius"):
+        run(da, random_bundle.path, tmp_path / "b.zarr", halo=8, client=None, progress=False)
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+
+
+def test_two_runs_racing_on_one_store_give_the_same_map(zarr_mosaic, random_bundle, tmp_path):
+    path, _ = zarr_mosaic
+    mosaic = open_mosaic(str(path))
+    out = tmp_path / "race.zarr"
+    errors = []
+
+    def go():
+        try:
+            run(mosaic, random_bundle.path, out, tile=128, client=None, progress=False)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    run(mosaic, random_bundle.path, tmp_path / "solo.zarr", tile=128, client=None, progress=False)
+    for a, b in zip(layers(out), layers(tmp_path / "solo.zarr")):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_map(zarr_mosaic, random_bundle, tmp_path):
+    path, _ = zarr_mosaic
+    cmd = [sys.executable, "-m", "reefmap.cli", "run", "--mosaic", str(path), "--model", random_bundle.path,
+           "--tile", "64", "--workers", "1"]
+    ref = tmp_path / "ref.zarr"
+    subprocess.run(cmd + ["--out", str(ref)], check=True, capture_output=True, timeout=300)
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline:
+        if (out / "tile_status" / "c").exists():
+            n = sum(len(f) for _, _, f in os.walk(out / "tile_status" / "c"))
+            if n >= 15:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_at = n
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed_at is not None, "the run finished before it could be killed"
+    mid = status(str(out))
+    assert 0 < mid["done"] + mid["skipped"] < mid["planned"]
+    subprocess.run(cmd + ["--out", str(out)], check=True, capture_output=True, timeout=300)
+    for a, b in zip(layers(out), layers(ref)):
+        np.testing.assert_array_equal(a, b)
+    assert status(str(out))["pending"] == 0
