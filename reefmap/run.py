@@ -34,6 +34,7 @@ class RunSummary:
     seconds: float
     megapixels: float
     failures: dict = field(default_factory=dict)
+    stopped: bool = False
 
     @property
     def mpx_per_s(self) -> float:
@@ -94,9 +95,15 @@ def _bbox_list(bbox):
 
 
 def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: int = 1, max_in_flight: int | None = None,
-            progress: bool = True, retry_failed: bool = True) -> RunSummary:
+            progress: bool = True, retry_failed: bool = True, stop=None, on_outcome=None) -> RunSummary:
     """Compute the plan's unfinished tiles on ``client`` (a distributed Client, or None for an in-process
-    thread pool) and record each tile's state in the store. Finished tiles are never recomputed."""
+    thread pool) and record each tile's state in the store. Finished tiles are never recomputed.
+
+    Tiles stream to the client: at most ``max_in_flight`` tasks exist at once, so a plan of any size never
+    becomes one big graph. ``stop`` (a ``threading.Event``) ends the run early and cleanly: nothing new is
+    submitted, tiles in flight finish (their writes are idempotent, so an abandoned one is simply redone by
+    the next run), and the summary says ``stopped``. ``on_outcome`` is called with each ``TileOutcome``.
+    """
     t0 = time.perf_counter()
     states = store.states()
     finished = np.isin(states, FINISHED_STATES) if retry_failed else (states != TileState.PENDING)
@@ -119,7 +126,9 @@ def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: in
             for o in fut.result():
                 outcomes.append(o)
                 bar.update(o.state, o.pixels)
-            nxt = next(it, None)
+                if on_outcome is not None:
+                    on_outcome(o)
+            nxt = None if (stop is not None and stop.is_set()) else next(it, None)
             if nxt is not None:
                 pending.add(submit(nxt))
 
@@ -158,6 +167,7 @@ def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: in
         done=sum(o.state == TileState.DONE for o in outcomes),
         skipped=sum(o.state not in (TileState.DONE, TileState.FAILED) for o in outcomes),
         failed=len(failures), seconds=seconds, megapixels=sum(o.pixels for o in outcomes) / 1e6, failures=failures,
+        stopped=bool(stop is not None and stop.is_set() and len(outcomes) < len(tiles)),
     )
 
 
