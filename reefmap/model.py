@@ -78,17 +78,18 @@ def _content_hash(meta_json: dict, weights: bytes) -> str:
     return h.hexdigest()
 
 
-_META_CACHE: dict[str, BundleMeta] = {}
+_META_CACHE: dict[str, tuple[tuple, BundleMeta]] = {}  # path → ((mtime, size) of both files, metadata)
 
 
 def read_bundle(bundle: str | os.PathLike | None = None) -> BundleMeta:
     """The bundle's metadata and content hash (no torch import). ``None`` → the shipped demo bundle."""
     p = _bundle_dir(bundle).resolve()
     key = str(p)
-    stamp = (p / "weights.pt").stat().st_mtime_ns if (p / "weights.pt").exists() else 0
+    stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None
+                  for f in (p / "bundle.json", p / "weights.pt"))
     cached = _META_CACHE.get(key)
-    if cached is not None and cached.training.get("_stamp") == stamp:
-        return cached
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     try:
         raw = json.loads((p / "bundle.json").read_text())
         weights = (p / "weights.pt").read_bytes()
@@ -112,8 +113,8 @@ def read_bundle(bundle: str | os.PathLike | None = None) -> BundleMeta:
     unknown = [c for c in meta.classes if c not in CLASSES]
     if unknown:
         raise ModelError(f"model bundle {str(p)!r} has unknown classes {unknown}; known: {list(CLASS_NAMES)}")
-    meta = BundleMeta(**{**meta.__dict__, "sha256": digest, "path": str(p), "training": {**meta.training, "_stamp": stamp}})
-    _META_CACHE[key] = meta
+    meta = BundleMeta(**{**meta.__dict__, "sha256": digest, "path": str(p)})
+    _META_CACHE[key] = (stamp, meta)
     return meta
 
 
