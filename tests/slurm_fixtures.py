@@ -1,0 +1,105 @@
+"""Fixtures and helpers for tests against a real SLURM (the local one from ``cluster/local-slurm/start.sh``).
+
+Use them from a test module with::
+
+    from slurm_fixtures import slurm, slurm_overrides, squeue  # noqa: F401  (pytest fixtures + a helper)
+
+    @pytest.mark.slurm
+    def test_x(slurm, slurm_overrides):
+        client = reefmap.cluster.launch("slurm-cpu", jobs=2, **slurm_overrides)
+
+``slurm`` (session scope) checks that SLURM answers (``scontrol ping`` UP, node ``localhost`` idle/mixed/allocated
+in ``sinfo``) and skips the test with the reason otherwise. It never starts SLURM itself: ``make test`` runs
+``cluster/local-slurm/start.sh`` first (or run it yourself, as root). The SLURM commands find the configuration at
+``/etc/slurm/slurm.conf`` (written by start.sh), or at ``$SLURM_CONF`` if that is set.
+
+``slurm_overrides`` (function scope) are ``launch()`` overrides that fit the profiles to this one-machine cluster:
+loopback networking, one core and 1 GB per job, no nanny process, a 5-minute walltime with a 4-minute worker lifetime, job logs in
+the test's tmp_path, a free dashboard port, this interpreter's environment activated in the job with ``tests/`` on
+``PYTHONPATH`` (functions defined in test modules are pickled by reference, so workers must import them), and a job name
+unique to the test (so ``squeue(name)`` sees only this test's jobs even when others use the cluster).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+START = "cluster/local-slurm/start.sh"
+TESTS = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class SlurmInfo:
+    node_state: str
+    cpus: int
+    conf: str
+
+
+def _run(*cmd: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def slurm_down_reason() -> str | None:
+    """Why SLURM cannot be used now (one line), or None when it is up."""
+    for tool in ("sinfo", "scontrol", "sbatch", "squeue", "scancel"):
+        if shutil.which(tool) is None:
+            return f"SLURM is not installed ({tool} not on PATH); start it with `bash {START}` (as root)"
+    conf = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
+    if not os.path.isfile(conf):
+        return f"no SLURM configuration at {conf}; start the local SLURM with `bash {START}` (as root)"
+    try:
+        ping = _run("scontrol", "ping")
+        if "is UP" not in ping.stdout:
+            said = ((ping.stdout + ping.stderr).strip().splitlines() or ["no answer"])[0]
+            return f"slurmctld is not up (scontrol ping: {said!r}); run `bash {START}`"
+        state = _run("sinfo", "-h", "-n", "localhost", "-o", "%t").stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"SLURM commands fail ({e}); run `bash {START}`"
+    if state.rstrip("*") not in ("idle", "mix", "alloc"):
+        return f"SLURM node localhost is {state or 'missing'!r}, not idle; restart it with `bash {START}`"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm() -> SlurmInfo:
+    """A running SLURM (skips the test, with the reason, when there is none). Does not start one."""
+    reason = slurm_down_reason()
+    if reason:
+        pytest.skip(reason)
+    out = _run("sinfo", "-h", "-n", "localhost", "-o", "%t %c").stdout.split()
+    return SlurmInfo(node_state=out[0], cpus=int(out[1]), conf=os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+
+
+@pytest.fixture
+def slurm_overrides(tmp_path) -> dict:
+    """``launch()`` overrides fitting a SLURM profile to the one-machine local cluster (see the module docstring)."""
+    return {
+        "job_name": f"reefmap-test-{uuid.uuid4().hex[:8]}",
+        "queue": None,
+        "interface": "lo",
+        "cores": 1,
+        "memory": "1GB",
+        "walltime": "00:05:00",
+        "worker_extra_args": ["--lifetime", "4m", "--lifetime-stagger", "10s"],
+        "log_directory": str(tmp_path / "slurm-logs"),
+        "local_directory": str(tmp_path / "worker-space"),
+        "dashboard_address": ":0",
+        "death_timeout": 30,
+        "nanny": False,  # one Python process per job instead of two: a faster start on a small machine
+        # this interpreter's environment, and tests/ importable (tasks defined in test modules are pickled by reference)
+        "job_script_prologue": [f"source {sys.prefix}/bin/activate", f"export PYTHONPATH={TESTS}${{PYTHONPATH:+:$PYTHONPATH}}"],
+    }
+
+
+def squeue(name: str) -> dict[str, str]:
+    """{job id: state} of the jobs named ``name`` that SLURM lists (pending, running or completing)."""
+    out = _run("squeue", "-h", "-n", name, "-o", "%i %T").stdout
+    return dict(line.split(maxsplit=1) for line in out.splitlines() if line.strip())
