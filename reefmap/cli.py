@@ -56,7 +56,11 @@ def cmd_status(a) -> int:
     from .progress import format_status, status
 
     s = status(a.store)
-    print(json.dumps(s, indent=2) if a.json else format_status(s))
+    if a.map:
+        from .progress_map import progress_png
+
+        s["map"] = str(progress_png(a.store, a.map))
+    print(json.dumps(s, indent=2) if a.json else format_status(s) + (f"\n  map: {s['map']}" if a.map else ""))
     return 0
 
 
@@ -84,12 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="tile counts of a map: planned, done, skipped, failed, pending")
     s.add_argument("store")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--map", metavar="PNG", help="also draw a world map of tile states into this PNG")
     s.set_defaults(fn=cmd_status)
     t = sub.add_parser("train", help="train a model bundle on the synthetic reef world")
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=600)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=cmd_train)
+    from . import cli_global, cli_query
+
+    cli_global.add_commands(sub)  # plan
+    cli_query.add_commands(sub)  # query, stats, overviews
     return p
 
 

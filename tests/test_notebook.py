@@ -2,12 +2,14 @@
 
 import os
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
 from conftest import REPO
+from slurm_fixtures import slurm, slurm_overrides, squeue  # noqa: F401  (pytest fixtures + a helper)
 
 NOTEBOOK = REPO / "cluster" / "launch.ipynb"
 
@@ -51,3 +53,60 @@ def test_launch_notebook_runs_on_a_local_cluster(tmp_path):
     assert "'pending': 0" in text and "'failed': 0" in text
     assert "closed" in text
     assert (tmp_path / "nb" / "map.zarr" / "zarr.json").exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_launch_notebook_runs_on_slurm(slurm, slurm_overrides, tmp_path):
+    """The same notebook with REEFMAP_PROFILE = a SLURM profile file: workers are SLURM jobs, cancelled at the end."""
+    import time
+
+    import yaml
+
+    from reefmap.model import DEMO_BUNDLE
+
+    if not (DEMO_BUNDLE / "bundle.json").exists():
+        pytest.skip(f"the demo bundle {DEMO_BUNDLE} is not there yet (the notebook's segment/run cells need it)")
+    # The notebook calls launch(PROFILE, jobs=JOBS) with no overrides: the local-SLURM fitting goes into a profile file
+    # (slurm-cpu.yaml + slurm_overrides; launch() accepts a path to a profile YAML file).
+    shipped = yaml.safe_load((REPO / "cluster" / "profiles" / "slurm-cpu.yaml").read_text())
+    section = shipped["jobqueue"]["slurm-cpu"]
+    overrides = dict(slurm_overrides)
+    name = overrides.pop("job_name")
+    section["name"] = name
+    section["scheduler-options"] = {**(section.get("scheduler-options") or {}),
+                                    "dashboard_address": overrides.pop("dashboard_address")}
+    # keep the shipped prologue's exports, drop its /path/to/ placeholder
+    prologue = overrides.pop("job_script_prologue")
+    prologue += [line for line in section["job-script-prologue"] if "/path/to/" not in line]
+    section["job-script-prologue"] = prologue
+    for key, value in overrides.items():
+        section[key.replace("_", "-")] = value
+    profile = tmp_path / "slurm-test.yaml"
+    profile.write_text(yaml.safe_dump({"jobqueue": {"slurm-test": section}}, sort_keys=False))
+    log_dir = Path(overrides["log_directory"])
+
+    from test_slurm_run import reap_workers
+
+    try:
+        nb = execute_notebook(tmp_path, {"REEFMAP_PROFILE": str(profile), "REEFMAP_JOBS": "2",
+                                         "REEFMAP_NOTEBOOK_OUT": str(tmp_path / "nb")})
+        deadline = time.monotonic() + 5
+        while squeue(name) and time.monotonic() < deadline:  # the notebook's client.shutdown() cancelled them
+            time.sleep(0.2)
+        assert not squeue(name), squeue(name)
+    finally:  # worker processes that outlive their cancelled jobs on the local SLURM (see reap_workers)
+        left = reap_workers(str(tmp_path))
+        if left:
+            import warnings
+
+            warnings.warn(f"{len(left)} dask worker process(es) outlived their cancelled SLURM jobs and were "
+                          f"killed (pids {left})", RuntimeWarning, stacklevel=1)  # fmt: skip
+    text, images = outputs_text(nb)
+    assert "reefmap: cluster 'slurm-test' (SLURM, 2 jobs)" in text
+    assert "workers: 2" in text
+    assert images == 1 and (tmp_path / "nb" / "region.png").exists()
+    assert "'pending': 0" in text and "'failed': 0" in text
+    assert "closed" in text
+    assert (tmp_path / "nb" / "map.zarr" / "zarr.json").exists()
+    assert len(list(log_dir.glob(f"{name}-*.err"))) == 2  # the two workers were SLURM jobs of this profile
