@@ -16,24 +16,34 @@ PROB_NODATA = 255
 CLASS_NODATA = 0
 
 
+@njit(cache=True, inline="always")
+def _valid_at(block, r, c, nodata, has_nodata, lo, hi):
+    """The one validity rule: not every band == nodata, no band NaN, every other band within [lo, hi]."""
+    nb = block.shape[0]
+    n_nodata = 0
+    for b in range(nb):
+        v = np.float64(block[b, r, c])
+        if v != v:  # NaN
+            return False
+        if has_nodata and v == nodata:
+            n_nodata += 1
+        elif v < lo or v > hi:
+            return False
+    return not (has_nodata and n_nodata == nb)
+
+
+def _nodata_args(nodata):
+    """``nodata`` as the kernels take it: ``(value, has_nodata)``; None and NaN mean "no nodata value"."""
+    has = nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata))
+    return (float(nodata) if has else 0.0), has
+
+
 @njit(parallel=True, cache=True)
 def _normalize(block, mean, inv_std, nodata, has_nodata, lo, hi, out, valid):
     nb, ny, nx = block.shape
     for r in prange(ny):
         for c in range(nx):
-            n_nodata = 0
-            ok = True
-            for b in range(nb):
-                v = np.float64(block[b, r, c])
-                if v != v:  # NaN
-                    ok = False
-                elif has_nodata and v == nodata:
-                    n_nodata += 1
-                elif v < lo or v > hi:
-                    ok = False
-            if has_nodata and n_nodata == nb:
-                ok = False
-            if ok:
+            if _valid_at(block, r, c, nodata, has_nodata, lo, hi):
                 valid[r, c] = 1
                 for b in range(nb):
                     out[b, r, c] = np.float32((np.float64(block[b, r, c]) - mean[b]) * inv_std[b])
@@ -54,9 +64,7 @@ def normalize(block: np.ndarray, mean, std, nodata=None, valid_range=(0.0, 255.0
     inv_std = 1.0 / np.ascontiguousarray(std, dtype=np.float64).reshape(nb)
     out = np.empty(block.shape, np.float32)
     valid = np.empty(block.shape[1:], np.uint8)
-    has_nd = nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata))
-    _normalize(block, mean, inv_std, float(nodata) if has_nd else 0.0, has_nd,
-               float(valid_range[0]), float(valid_range[1]), out, valid)
+    _normalize(block, mean, inv_std, *_nodata_args(nodata), float(valid_range[0]), float(valid_range[1]), out, valid)
     return out, valid
 
 
@@ -68,15 +76,7 @@ def _screen_counts(block, nodata, has_nodata, lo, hi, boxes):
     rows = np.zeros((ny, nk + 1), np.int64)
     for r in prange(ny):
         for c in range(nx):
-            n_nodata = 0
-            ok = True
-            for b in range(nb):
-                v = np.float64(block[b, r, c])
-                if v != v or v < lo or v > hi:
-                    ok = False
-                elif has_nodata and v == nodata:
-                    n_nodata += 1
-            if not ok or (has_nodata and n_nodata == nb):
+            if not _valid_at(block, r, c, nodata, has_nodata, lo, hi):
                 continue
             rows[r, nk] += 1
             for k in range(nk):
@@ -94,9 +94,7 @@ def _screen_counts(block, nodata, has_nodata, lo, hi, boxes):
 def screen_counts(block: np.ndarray, boxes: np.ndarray, nodata=None, valid_range=(0.0, 255.0)) -> np.ndarray:
     """How many valid pixels of a raw ``(band, y, x)`` block fall in each class's colour box
     (``counts[k]``), and how many are valid at all (``counts[-1]``). Validity as in ``normalize``."""
-    has_nd = nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata))
-    return _screen_counts(block, float(nodata) if has_nd else 0.0, has_nd, float(valid_range[0]),
-                          float(valid_range[1]), np.ascontiguousarray(boxes, dtype=np.float64).reshape(-1, block.shape[0], 2))
+    return _screen_counts(block, *_nodata_args(nodata), float(valid_range[0]), float(valid_range[1]), np.ascontiguousarray(boxes, dtype=np.float64).reshape(-1, block.shape[0], 2))
 
 
 @njit(parallel=True, cache=True)
