@@ -26,6 +26,8 @@ SCREEN_RULES = {"deep_water": (TileState.SKIPPED_DEEP_WATER, DEEP_WATER), "land"
 def screen_block(block: np.ndarray, meta, nodata) -> tuple[TileState, int] | None:
     """Cheap emptiness test of a raw block: all nodata, or every valid pixel inside one class's colour box
     (``meta.screen``, measured on the training data). Returns ``(state, class code)`` or None to infer."""
+    if _all_nodata(block, nodata):  # the common empty tile (collars, gaps, ocean outside a scene): one pass
+        return TileState.SKIPPED_NODATA, 0
     names = [n for n in SCREEN_RULES if n in meta.screen]
     boxes = np.array([meta.screen[n] for n in names], dtype=np.float64).reshape(len(names), block.shape[0], 2) \
         if names else np.zeros((0, block.shape[0], 2))
@@ -37,6 +39,12 @@ def screen_block(block: np.ndarray, meta, nodata) -> tuple[TileState, int] | Non
         if n == n_valid:
             return SCREEN_RULES[name]
     return None
+
+
+def _all_nodata(block: np.ndarray, nodata) -> bool:
+    if nodata is None or (isinstance(nodata, float) and np.isnan(nodata)):
+        return block.dtype.kind == "f" and bool(np.isnan(block).all())
+    return not block.any() if nodata == 0 else bool((block == nodata).all())
 
 
 def predict_block(block: np.ndarray, model, nodata, core: Window | None = None, screen: bool = True):
@@ -58,6 +66,9 @@ def predict_blocks(blocks, model, nodata, cores, screen: bool = True):
             )
         core = core or Window(0, block.shape[1], 0, block.shape[2])
         hit = screen_block(block, meta, nodata) if screen else None
+        if hit is not None and hit[0] == TileState.SKIPPED_NODATA:
+            results[i] = (*kernels.encode_nodata(core.shape), hit[0])
+            continue
         if hit is not None:
             _, valid = kernels.normalize(block[(slice(None), *core.slices)], meta.mean, meta.std, nodata, meta.valid_range)
             results[i] = (*kernels.encode_constant(valid, hit[1]), hit[0])
@@ -203,7 +214,8 @@ def run_tiles(job: TileJob, tasks) -> list[TileOutcome]:
             return outcomes
         t_pred = time.perf_counter()
         for task, (prob, cls, state) in zip(ok_tasks, results):
-            store.write_tile(task.write, prob, cls)
+            if state != TileState.SKIPPED_NODATA:  # an all-nodata tile equals the store's fill: nothing to write
+                store.write_tile(task.write, prob, cls)
             store.mark(task.index, state)
             outcomes.append(TileOutcome(tuple(task.index), int(state), task.write.shape.y * task.write.shape.x,
                                         time.perf_counter() - t0))

@@ -134,6 +134,11 @@ def encode(probs: np.ndarray, valid: np.ndarray, reef_channel: int):
     return prob, cls
 
 
+def encode_nodata(shape):
+    """The layers of an all-nodata tile (what a map store holds where nothing was written)."""
+    return np.full(tuple(shape), PROB_NODATA, np.uint8), np.zeros(tuple(shape), np.uint8)
+
+
 def encode_constant(valid: np.ndarray, code: int):
     """The layers of a skipped tile: class ``code`` and reef probability 0 where valid, nodata elsewhere."""
     v = valid.astype(bool)

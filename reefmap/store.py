@@ -136,6 +136,7 @@ class MapStore:
         return fs.exists(path.rstrip("/") + "/zarr.json")
 
     def array(self, name: str):
+        """The member ``name`` (an array, or the ``tile_errors``/``plans`` group), opened once."""
         a = self._arrays.get(name)
         if a is None:
             a = self._arrays[name] = self.group[name]
@@ -287,7 +288,7 @@ class MapStore:
     def mark(self, idx: TileIndex, state: TileState, error: str | None = None) -> None:
         """Record a tile's state — call only after its pixels are written."""
         iy, ix = int(idx[0]), int(idx[1])
-        errs = self.group["tile_errors"]
+        errs = self.array("tile_errors")
         key = f"t{iy}_{ix}"
         if state == TileState.FAILED:
             errs.create_group(key, overwrite=True, attributes={"tile": [iy, ix], "error": str(error)[:4000],

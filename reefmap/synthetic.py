@@ -904,6 +904,7 @@ def synthetic_truth(size_or_shape: int | tuple[int, int] = 2048, seed: int = 0, 
     """The lazy class raster ``DataArray(y, x)`` uint8 (codes of ``reefmap.classes``) matching
     ``synthetic_mosaic`` called with the same arguments: same grid, coordinates, CRS and chunks."""
     import dask.array as da
+    import xarray as xr
 
     from .classes import FLAG_MEANINGS, FLAG_VALUES
     from .sources.base import spec_key
@@ -914,7 +915,7 @@ def synthetic_truth(size_or_shape: int | tuple[int, int] = 2048, seed: int = 0, 
     chunks = mosaic.data.chunks[1:]
     arr = da.map_blocks(_truth_block, reader, chunks[0][0], chunks[1][0], dtype=np.uint8, chunks=chunks, name=name,
                         meta=np.empty((0, 0), np.uint8))
-    out = mosaic.isel(band=0, drop=True).copy(data=arr).rename("truth")
+    out = xr.DataArray(arr, dims=("y", "x"), coords=mosaic.drop_vars("band").coords, name="truth")
     out.attrs = {"_FillValue": NODATA, "flag_values": list(FLAG_VALUES), "flag_meanings": FLAG_MEANINGS,
                  "reefmap_source": spec_key(reader.spec())}
     return out.rio.write_crs(reader.geobox.crs).rio.write_transform(reader.geobox.transform)

@@ -101,10 +101,33 @@ class ReaderBase:
         raise NotImplementedError
 
 
-def _read_block(reader: Reader, block_info=None):
-    loc = block_info[None]["array-location"]
-    win = Window(loc[1][0], loc[1][1], loc[2][0], loc[2][1])
-    return reader.read(win)
+def _read_block(reader: Reader, cy: int, cx: int, block_id=None):
+    """Chunk ``block_id`` of a regular ``(cy, cx)`` chunking (``block_id`` costs O(1) per graph, unlike
+    ``block_info``, which dask materialises for every block)."""
+    _, i, j = block_id
+    h, w = reader.geobox.shape.y, reader.geobox.shape.x
+    return reader.read(Window(i * cy, min((i + 1) * cy, h), j * cx, min((j + 1) * cx, w)))
+
+
+#: axes longer than this get lazy ``RangeIndex`` coordinates (a global grid's would take a gigabyte each)
+LAZY_COORDS_ABOVE = 2**22
+
+
+def _with_axis_coords(out, g: GeoBox):
+    """``out`` with pixel-centre ``y``/``x`` coordinates: exact arrays (``GeoBox.ys/xs``), or lazy ranges
+    (``xarray.indexes.RangeIndex``) for huge axes."""
+    if max(g.shape.y, g.shape.x) <= LAZY_COORDS_ABOVE:
+        return out.assign_coords(y=g.ys(), x=g.xs())
+    import xarray as xr
+    from xarray.indexes import RangeIndex
+    from xarray.indexes.range_index import RangeCoordinateTransform
+
+    t = g.transform
+    for dim, origin, step, n in (("y", t.f, t.e, g.shape.y), ("x", t.c, t.a, g.shape.x)):
+        start = origin + 0.5 * step
+        tr = RangeCoordinateTransform(start, start + n * step, n, dim, dim, step=step)
+        out = out.assign_coords(xr.Coordinates.from_xindex(RangeIndex(tr)))
+    return out
 
 
 def reader_to_dataarray(reader: Reader, chunks: int | dict | None = 1024, name: str | None = None):
@@ -125,11 +148,11 @@ def reader_to_dataarray(reader: Reader, chunks: int | dict | None = 1024, name: 
     nb = len(reader.band_names)
     dchunks = ((nb,), _split(g.shape.y, cy), _split(g.shape.x, cx))
     token = name or "reefmap-read-" + _token(spec_key(reader.spec()), cy, cx)
-    arr = da.map_blocks(_read_block, reader, dtype=reader.dtype, chunks=dchunks, name=token, meta=np.empty((0, 0, 0), reader.dtype))
-    coords = {"band": list(reader.band_names)}
+    arr = da.map_blocks(_read_block, reader, cy, cx, dtype=reader.dtype, chunks=dchunks, name=token,
+                        meta=np.empty((0, 0, 0), reader.dtype))
+    out = xr.DataArray(arr, dims=("band", "y", "x"), coords={"band": list(reader.band_names)}, name="mosaic")
     if g.is_axis_aligned:
-        coords.update(y=g.ys(), x=g.xs())
-    out = xr.DataArray(arr, dims=("band", "y", "x"), coords=coords, name="mosaic")
+        out = _with_axis_coords(out, g)
     out = out.rio.write_crs(g.crs).rio.write_transform(g.transform)
     if reader.nodata is not None:
         out.attrs["_FillValue"] = reader.nodata
