@@ -4,7 +4,7 @@ Prints:
 1. planning the full ±30° zoom-15 quad grid (737,280 quads) with the Natural Earth reef-line mask (and the
    0.05° shallow-tropical raster): seconds, peak memory of a fresh process (ru_maxrss; tracemalloc for Python
    allocations), tiles that survive. Targets: < 10 s and < 1 GB on one core.
-2. progress at global scale: ``reefmap.progress.status`` (and reefmap.batch.fast_states, and the progress PNG) on
+2. progress at global scale: ``reefmap.progress.status`` (and MapStore.states(), and the progress PNG) on
    a store with the 737k-quad grid and N tiles with a state (tile_status chunks written directly, no model).
 3. a simulated global run: pipelines/configs/caribbean-demo.yaml (the same quad tiles at zoom 10, 128 px, the
    reef-line mask keeping 242 tiles around the Caribbean) on the lazy synthetic world, through
@@ -77,7 +77,6 @@ def bench_planning() -> None:
 
 
 def bench_status(work: Path, counts: list[int]) -> None:
-    from reefmap.batch import fast_states
     from reefmap.gridspec import web_mercator_quads
     from reefmap.plan import Plan
     from reefmap.progress import status
@@ -110,13 +109,13 @@ def bench_status(work: Path, counts: list[int]) -> None:
         s = status(str(path))
         t_status = time.perf_counter() - t
         t = time.perf_counter()
-        fs = fast_states(MapStore(path))
+        fs = MapStore(path).states()
         t_fast = time.perf_counter() - t
         assert (fs > 0).sum() == n and s["done"] == int((vals == 1).sum())
         t = time.perf_counter()
         info = progress_png(str(path), work / f"progress-{n}.png")
         t_png = time.perf_counter() - t
-        print(f"  {n:6d} tiles with a state: reefmap.progress.status {t_status:6.2f} s · batch.fast_states "
+        print(f"  {n:6d} tiles with a state: reefmap.progress.status {t_status:6.2f} s · MapStore.states() "
               f"{t_fast:5.2f} s · progress PNG {t_png:5.2f} s ({info.width}x{info.height}, coastline "
               f"{'yes' if info.coastline and not info.coastline.startswith('skipped') else 'no'}) · "
               f"(store created in {t_create:.1f} s, states written in {t_write:.1f} s)")
@@ -148,11 +147,10 @@ def _run_job(cfg: str, out: Path, model: str, workers: int, mif: int, summary: P
 
 
 def _finished(out: Path) -> int:
-    from reefmap.batch import fast_states
     from reefmap.store import MapStore
 
     try:
-        return int(np.isin(fast_states(MapStore(out)), [1, 2, 3, 4]).sum())
+        return int(np.isin(MapStore(out).states(), [1, 2, 3, 4]).sum())
     except Exception:
         return 0
 
@@ -193,10 +191,9 @@ def bench_run(work: Path, model: str | None, workers: int, mif: int, kill_at: fl
     p.wait()
     time.sleep(1.0)
     finished_at_kill = _finished(out2)
-    from reefmap.batch import fast_states
     from reefmap.store import MapStore
 
-    states = fast_states(MapStore(out2))
+    states = MapStore(out2).states()
     planned = MapStore(out2).planned()
     keys = {tuple(map(int, k.split("/"))) for k in _chunk_keys(out2 / "reef_probability")}
     orphans = sum(1 for iy, ix in keys if planned[iy, ix] and states[iy, ix] == 0)  # pixels written, state not

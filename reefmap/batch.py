@@ -234,73 +234,6 @@ def install_stop_signals(stop: threading.Event, signals=STOP_SIGNALS, *, logger=
 
 
 # -- reading tile states fast ----------------------------------------------------------------------------------
-def fast_states(store) -> np.ndarray:
-    """``store.states()``, read ~30x faster: the raw 1-byte ``tile_status`` chunk objects, listed and read in bulk
-    (``os.scandir`` + plain reads locally; fsspec ``find`` + concurrent ``cat`` remotely) instead of one zarr
-    codec-pipeline read per chunk. Falls back to ``store.states()`` whenever the array is not laid out as expected
-    (1x1 chunks, the bare ``bytes`` codec, "/"-separated default chunk keys).
-    """
-    try:
-        arr = store.array("tile_status")
-        meta = arr.metadata
-        codecs = getattr(meta, "codecs", ())
-        ok = (getattr(meta, "zarr_format", None) == 3 and len(codecs) == 1 and type(codecs[0]).__name__ == "BytesCodec"
-              and tuple(meta.chunk_grid.chunk_shape) == (1, 1) and type(meta.chunk_key_encoding).__name__ ==
-              "DefaultChunkKeyEncoding" and meta.chunk_key_encoding.separator == "/" and np.dtype(arr.dtype) == np.uint8)
-        if not ok:
-            return store.states()
-        out = np.zeros(arr.shape, np.uint8)
-        url = store.url
-        if "://" not in url:
-            root = os.path.join(url, "tile_status", "c")
-            if not os.path.isdir(root):
-                return out
-            for drow in os.scandir(root):
-                if not drow.name.isdigit():
-                    continue
-                iy = int(drow.name)
-                for f in os.scandir(drow.path):
-                    if not f.name.isdigit():  # skips orphaned *.partial files
-                        continue
-                    try:
-                        with open(f.path, "rb") as fh:
-                            b = fh.read()
-                    except FileNotFoundError:  # deleted (rewritten as fill = pending) since the listing
-                        continue
-                    if len(b) != 1:
-                        return store.states()
-                    out[iy, int(f.name)] = b[0]
-            return out
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(url, **store.storage_options)
-        prefix = root.rstrip("/") + "/tile_status/c/"
-        try:
-            paths = fs.find(prefix)
-        except FileNotFoundError:
-            return out
-        paths = [p for p in paths if _status_key(p[len(prefix):]) is not None]
-        blobs = fs.cat(paths, on_error="omit") if paths else {}
-        for p, b in blobs.items():
-            key = _status_key(p.split("tile_status/c/", 1)[-1])
-            if key is None:
-                continue
-            if len(b) != 1:
-                return store.states()
-            out[key] = b[0]
-        return out
-    except Exception as e:  # anything unexpected: the slow, sure path
-        log.debug(f"fast_states fell back to store.states(): {type(e).__name__}: {e}")
-        return store.states()
-
-
-def _status_key(rel: str) -> tuple[int, int] | None:
-    parts = rel.split("/")
-    if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-        return int(parts[0]), int(parts[1])
-    return None
-
-
 # -- the run ----------------------------------------------------------------------------------------------------
 @dataclass
 class BatchSummary:
@@ -447,7 +380,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
     rng = np.random.default_rng(order_seed)
     failed_here = np.zeros(sel.shape, bool)
     try:
-        states = fast_states(store)
+        states = store.states()
         finished = np.isin(states, FINISHED_STATES) & sel
         summary.finished_before = int(finished.sum())
         progress = RunProgress(n_planned, summary.finished_before, every_s=cfg.log_every_s, job=job, logger=lg)
@@ -487,7 +420,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
                 failed_here[iy, ix] = True
                 if len(summary.failures) < 50:
                     summary.failures[f"{iy},{ix}"] = err
-            states = fast_states(store)
+            states = store.states()
             finished = np.isin(states, FINISHED_STATES) & sel
             progress.store_update(int(finished.sum()))
             todo = sel & ~finished & ~failed_here
@@ -518,7 +451,7 @@ def _finish(summary, store, sel, stop, abandoned, t_start, progress, cfg, job, l
     if progress is not None:  # counted per outcome, so tiles of an abandoned round are included
         summary.computed, summary.megapixels = progress.n, progress.pixels / 1e6
         summary.done, summary.skipped, summary.failed = (progress.counts[k] for k in ("done", "skipped", "failed"))
-    states = fast_states(store)
+    states = store.states()
     summary.remaining = int((sel & ~np.isin(states, FINISHED_STATES)).sum())
     summary.failed_in_store = int((sel & (states == TileState.FAILED)).sum())
     summary.stopped = bool(stop.is_set() or abandoned) and summary.remaining > 0

@@ -76,11 +76,9 @@ def progress_png(store: MapStore | str, path: str | os.PathLike, *, scale: int |
     """
     from PIL import Image
 
-    from .batch import fast_states
-
     store = store if isinstance(store, MapStore) else MapStore(store)
     grid = store.grid
-    states = fast_states(store)
+    states = store.states()
     planned = store.planned()
     cats = tile_categories(states, planned)
     ny, nx = states.shape

@@ -391,10 +391,9 @@ def stopped_and_resumed(tmp_path_factory, random_bundle):
             stop.set()
 
     first = run_batch(cfg, stop=stop, on_outcome=stop_after, order_seed=1)
-    from reefmap.batch import fast_states
     from reefmap.store import MapStore
 
-    finished_at_stop = int((fast_states(MapStore(cfg.out)) > 0).sum())
+    finished_at_stop = int((MapStore(cfg.out).states() > 0).sum())
     second = run_batch(cfg, order_seed=2)
     return cfg, first, finished_at_stop, second
 
@@ -447,7 +446,7 @@ def test_two_runs_on_one_store_at_once_give_the_same_map(tmp_path, random_bundle
 
 def test_global_run_sbatch_script_stops_on_sigusr1_and_resumes(tmp_path, random_bundle):
     """The sbatch script run by bash (as SLURM would): exec makes python the signalled process; profile local."""
-    from reefmap.batch import fast_states, run_batch
+    from reefmap.batch import run_batch
     from reefmap.store import MapStore
 
     cfg = _sim_config(tmp_path, random_bundle, "sbatch", profile="local", max_in_flight=2, buffer_km=10)
@@ -462,7 +461,7 @@ def test_global_run_sbatch_script_stops_on_sigusr1_and_resumes(tmp_path, random_
         while time.time() < deadline and proc.poll() is None:
             if MapStore(cfg.out).exists():
                 try:
-                    n = int((fast_states(MapStore(cfg.out)) > 0).sum())
+                    n = int((MapStore(cfg.out).states() > 0).sum())
                 except Exception:
                     n = 0
                 if n >= 3:
@@ -478,7 +477,7 @@ def test_global_run_sbatch_script_stops_on_sigusr1_and_resumes(tmp_path, random_
     assert "SIGUSR1 received" in err and "tiles/s" in err
     summ = json.loads(Path(json.loads(out.strip().splitlines()[-1])["summary"]).read_text())
     assert summ["stopped"] and not summ["complete"] and summ["remaining"] > 0
-    finished = int((fast_states(MapStore(cfg.out)) > 0).sum())
+    finished = int((MapStore(cfg.out).states() > 0).sum())
     assert finished == summ["computed"] and finished < summ["tiles_planned"]
     rest = run_batch(cfg, client="inprocess", write_summary=False)
     assert rest.complete and rest.finished_before == finished
@@ -527,21 +526,18 @@ def _store_with_states(path, grid, n, seed=0):
     return st, iy, ix, vals
 
 
-def test_fast_states_matches_the_store_on_a_global_grid(tmp_path):
-    from reefmap.batch import fast_states
-
+def test_states_fast_path_matches_zarr_reads_on_a_global_grid(tmp_path):
     grid = web_mercator_quads(11, 256)  # 737k tiles
     st, iy, ix, vals = _store_with_states(tmp_path / "m.zarr", grid, 2000)
     (tmp_path / "m.zarr" / "tile_status" / "c" / str(iy[0]) / "5.abc.partial").write_bytes(b"\x01")  # an orphan
     t0 = time.perf_counter()
-    fast = fast_states(st)
+    fast = st.states()
     assert time.perf_counter() - t0 < 5
-    assert np.array_equal(fast, st.states())
+    assert np.array_equal(fast, st._states_via_zarr())
     assert (fast > 0).sum() == 2000 and np.array_equal(fast[iy, ix], vals)
 
 
-def test_fast_states_on_an_fsspec_store(monkeypatch):
-    from reefmap.batch import fast_states
+def test_states_fast_path_on_an_fsspec_store(monkeypatch):
     from reefmap.store import MapStore, TileState
 
     st = MapStore.create_or_open("memory://reefmap-test-fast-states/m.zarr", web_mercator_quads(5, 256),
@@ -549,9 +545,9 @@ def test_fast_states_on_an_fsspec_store(monkeypatch):
     st.mark((3, 4), TileState.DONE)
     st.mark((5, 6), TileState.FAILED, "boom")
     st.mark((0, 0), TileState.SKIPPED_LAND)
-    want = st.states()
-    monkeypatch.setattr(MapStore, "states", lambda self: pytest.fail("fell back to the slow path"))
-    got = fast_states(st)
+    want = st._states_via_zarr()
+    monkeypatch.setattr(MapStore, "_states_via_zarr", lambda self: pytest.fail("fell back to the slow path"))
+    got = st.states()
     assert np.array_equal(got, want) and (got > 0).sum() == 3 and got[5, 6] == TileState.FAILED
 
 
@@ -595,8 +591,8 @@ def test_status_and_map_never_import_torch(tmp_path):
         f"st = MapStore.create_or_open({str(grid_store)!r}, web_mercator_quads(9, 64), {{'model': 'x', 'halo': 0}}, {{}})\n"
         "from reefmap.progress import status\n"
         "from reefmap.progress_map import progress_png\n"
-        "from reefmap.batch import plan_global, fast_states\n"
-        "status(st); fast_states(st)\n"
+        "from reefmap.batch import plan_global\n"
+        "status(st); st.states()\n"
         f"progress_png(st, {str(tmp_path / 'p.png')!r}, coastline=False)\n"
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
         "assert not bad, bad\n"
