@@ -57,7 +57,7 @@ def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", ti
             tile_mask: np.ndarray | None = None) -> tuple[Plan, TileJob, MapStore]:
     """Plan a run and open (or create) its store — metadata only: no pixels, no torch."""
     from .model import read_bundle
-    from .sources.base import reader_of
+    from .sources.base import public_spec, reader_of
 
     if out is None:
         raise InvalidParameter("no output store given; pass out= (a path or URL ending in .zarr)")
@@ -79,7 +79,7 @@ def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", ti
     provenance = {
         "model": meta.provenance(),
         "reefmap_version": code_version(),
-        "sources": [reader.spec()],
+        "sources": [public_spec(reader.spec())],  # never credentials: the store's attributes are public
         "parameters": {"tile": int(tile), "halo": halo, "screen": bool(screen), "bbox": None if bbox is None else list(map(float, _bbox_list(bbox)))},
     }
     store = MapStore.create_or_open(out, plan.grid, identity, provenance, storage_options)

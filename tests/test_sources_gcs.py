@@ -127,3 +127,25 @@ def test_truncated_geotiff_on_gcs(gcs_fs, tmp_path):
     np.testing.assert_array_equal(r.read(Window(0, 64, 0, 64)), img[:, :64, :64])
     with pytest.raises(CorruptSource, match=r"gs://.*/cut\.tif.*rows 192:256"):
         r.read(Window(192, 256, 192, 256))
+
+
+def test_credentials_reach_the_workers_but_never_the_maps_provenance(gcs_fs, tmp_path, random_bundle):
+    import zarr
+
+    from reefmap.run import run
+    from reefmap.sources.base import public_spec
+
+    fs, bucket = gcs_fs
+    fs.put(write_tif(tmp_path / "a.tif", scene(ny=128, nx=128)), f"{bucket}/secret/a.tif")
+    secret = {"token": {"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----sekrit"}}
+    spec = public_spec({"kind": "geotiff", "storage_options": {**secret, "project": "reef", "anon": False}})
+    assert spec["storage_options"] == {"token": "<redacted>", "project": "reef", "anon": False}
+
+    m = open_mosaic(f"gs://{bucket}/secret/a.tif", chunks=64, storage_options=STORAGE_OPTIONS)
+    assert reader_of(m).spec()["storage_options"] == STORAGE_OPTIONS  # workers rebuild the reader with them
+    out = tmp_path / "m.zarr"
+    run(m, random_bundle.path, out, tile=64, client=None, progress=False)
+    attrs = zarr.open_group(str(out), mode="r").attrs.asdict()["reefmap"]
+    assert attrs["sources"][0]["storage_options"] == {"token": "<redacted>"}
+    assert attrs["sources"][0]["paths"] == [f"gs://{bucket}/secret/a.tif"]
+    assert "anon" not in json.dumps(attrs["sources"])

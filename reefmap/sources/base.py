@@ -49,6 +49,27 @@ def spec_key(spec: dict) -> str:
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
+#: storage_options keys whose values are not secrets (kept in provenance; every other value is redacted)
+_PUBLIC_OPTIONS = frozenset({"anon", "endpoint_url", "project", "requester_pays", "region", "default_cache_type",
+                             "use_listings_cache", "skip_instance_cache", "cache_timeout", "client_kwargs"})
+
+
+def public_spec(spec):
+    """``spec`` fit for provenance: every ``storage_options`` value that could be a credential (tokens, keys,
+    secrets, credential files) becomes ``"<redacted>"``; the keys stay, so the record still says what was used."""
+    if isinstance(spec, dict):
+        out = {}
+        for k, v in spec.items():
+            if k == "storage_options" and isinstance(v, dict):
+                out[k] = {o: (w if o in _PUBLIC_OPTIONS and not isinstance(w, dict) else "<redacted>") for o, w in v.items()}
+            else:
+                out[k] = public_spec(v)
+        return out
+    if isinstance(spec, list):
+        return [public_spec(v) for v in spec]
+    return spec
+
+
 def open_reader(spec: dict) -> Reader:
     """The reader for ``spec``, built once per process and then reused."""
     key = spec_key(spec)
