@@ -13,6 +13,7 @@ import hashlib
 import json
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterator
 
 import numpy as np
@@ -91,8 +92,9 @@ class Plan:
         sel = np.unpackbits(bits, count=n).astype(bool).reshape(tuple(grid.shape))
         return cls(grid, int(d["halo"]), sel)
 
-    @property
+    @cached_property
     def token(self) -> str:
+        """Content hash of the plan (computed once: a plan, selection included, is never modified)."""
         d = self.to_json()
         return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BandMismatch, InvalidParameter, TileFailures
+from .errors import BandMismatch, InvalidParameter, ReefmapError, TileFailures
 from .infer import TileJob, TileOutcome, run_tiles
 from .plan import Plan, plan_tiles
 from .progress import ProgressBar
@@ -114,23 +114,42 @@ def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: in
     bar = ProgressBar(len(tiles), enabled=progress)
     outcomes: list[TileOutcome] = []
 
+    def record(o: TileOutcome) -> None:
+        outcomes.append(o)
+        bar.update(o.state, o.pixels)
+        if on_outcome is not None:
+            on_outcome(o)
+
     def submit_all(submit, wait_one, limit):
-        pending = set()
+        pending: dict = {}  # future -> its tile indices
         it = iter(groups)
-        for g in it:
-            pending.add(submit(g))
-            if len(pending) >= limit:
-                break
+
+        def top_up():
+            while len(pending) < limit and not (stop is not None and stop.is_set()):
+                g = next(it, None)
+                if g is None:
+                    return
+                pending[submit(g)] = g
+
+        top_up()
         while pending:
-            fut, pending = wait_one(pending)
-            for o in fut.result():
-                outcomes.append(o)
-                bar.update(o.state, o.pixels)
-                if on_outcome is not None:
-                    on_outcome(o)
-            nxt = None if (stop is not None and stop.is_set()) else next(it, None)
-            if nxt is not None:
-                pending.add(submit(nxt))
+            fut, _ = wait_one(set(pending))
+            g = pending.pop(fut)
+            try:
+                results = fut.result()
+            except ReefmapError:  # a configuration error (e.g. band mismatch): every tile would fail alike
+                for f in pending:
+                    f.cancel()
+                raise
+            except Exception as e:  # the task itself was lost (worker killed, cancelled): its tiles failed
+                msg = f"task lost: {type(e).__name__}: {e}"
+                results = []
+                for t in g:
+                    store.mark(t, TileState.FAILED, msg)
+                    results.append(TileOutcome((int(t[0]), int(t[1])), int(TileState.FAILED), 0, 0.0, msg))
+            for o in results:
+                record(o)
+            top_up()
 
     if client is None:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -138,25 +157,25 @@ def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: in
         with ThreadPoolExecutor(1) as pool:
             def wait_one(pending):
                 done, rest = wait(pending, return_when=FIRST_COMPLETED)
-                one = next(iter(done))
-                return one, (rest | done) - {one}
+                return next(iter(done)), rest
 
             submit_all(lambda g: pool.submit(run_tiles, job, [plan.task(t) for t in g]), wait_one, max_in_flight or 2)
     else:
         from distributed import wait
 
-        resources = _gpu_resources(client)
+        gpu = _GpuPinning(client)
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         limit = max_in_flight or max(4, 2 * n_workers)
+        token = plan.token
 
         def submit(g):
-            key = f"reefmap-tile-{plan.token}-{int(g[0][0])}-{int(g[0][1])}"
-            return client.submit(run_tiles, job, [plan.task(t) for t in g], key=key, pure=False, resources=resources)
+            key = f"reefmap-tile-{token}-{int(g[0][0])}-{int(g[0][1])}"
+            return client.submit(run_tiles, job, [plan.task(t) for t in g], key=key, pure=False,
+                                 resources=gpu.resources())
 
         def wait_one(pending):
             res = wait(pending, return_when="FIRST_COMPLETED")
-            one = next(iter(res.done))
-            return one, set(pending) - {one}
+            return next(iter(res.done)), None
 
         submit_all(submit, wait_one, limit)
     bar.close()
@@ -177,6 +196,21 @@ def _gpu_resources(client) -> dict | None:
     if any(w.get("resources", {}).get("GPU") for w in workers.values()):
         return {"GPU": 1}
     return None
+
+
+class _GpuPinning:
+    """``_gpu_resources``, re-asked at most every ``every`` seconds until a GPU worker shows up, then kept:
+    an adaptive cluster may start with no workers, and its GPU workers join while the run is going."""
+
+    def __init__(self, client, every: float = 5.0):
+        self.client, self.every = client, every
+        self.pinned = _gpu_resources(client)
+        self.checked = time.monotonic()
+
+    def resources(self) -> dict | None:
+        if self.pinned is None and time.monotonic() - self.checked > self.every:
+            self.pinned, self.checked = _gpu_resources(self.client), time.monotonic()
+        return self.pinned
 
 
 def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: int = 1024, halo: int | None = None,

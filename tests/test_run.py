@@ -176,3 +176,47 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_map(zarr_mosa
     for a, b in zip(layers(out), layers(ref)):
         np.testing.assert_array_equal(a, b)
     assert status(str(out))["pending"] == 0
+
+
+def test_a_stop_before_the_first_submit_computes_nothing(zarr_mosaic, random_bundle, tmp_path):
+    path, _ = zarr_mosaic
+    plan, job, store = prepare(open_mosaic(str(path)), random_bundle.path, tmp_path / "m.zarr", tile=128)
+    stop = threading.Event()
+    stop.set()
+    s = execute(plan, job, store, progress=False, stop=stop)
+    assert s.computed == 0 and s.stopped and not store.states().any()
+
+
+def test_a_lost_task_fails_only_its_tiles_and_a_config_error_stops_the_run(zarr_mosaic, random_bundle, tmp_path,
+                                                                           monkeypatch):
+    import reefmap.run as run_mod
+
+    path, _ = zarr_mosaic
+    plan, job, store = prepare(open_mosaic(str(path)), random_bundle.path, tmp_path / "m.zarr", tile=128)
+    real = run_mod.run_tiles
+
+    def flaky(job, tasks):
+        if tuple(tasks[0].index) == (1, 2):
+            raise OSError("worker lost its disk")  # not a tile's own failure: the whole task is lost
+        return real(job, tasks)
+
+    monkeypatch.setattr(run_mod, "run_tiles", flaky)
+    s = execute(plan, job, store, progress=False)
+    assert s.failed == 1 and s.computed == plan.count and "worker lost its disk" in s.failures[(1, 2)]
+    states = store.states()
+    others = np.ones(states.shape, bool)
+    others[1, 2] = False
+    assert states[1, 2] == TileState.FAILED and (states[others] > 0).all() and (states[others] != TileState.FAILED).all()
+    assert "task lost: OSError" in store.errors()[(1, 2)]
+
+    monkeypatch.setattr(run_mod, "run_tiles", real)  # the resume retries the failed tile only
+    again = execute(plan, job, store, progress=False)
+    assert again.computed == 1 and again.failed == 0 and store.states()[1, 2] == TileState.DONE
+
+    def misconfigured(job, tasks):
+        raise BandMismatch("the mosaic has 4 bands but the model expects 3")
+
+    monkeypatch.setattr(run_mod, "run_tiles", misconfigured)
+    with pytest.raises(BandMismatch):
+        execute(plan.__class__(plan.grid, plan.halo, np.ones(tuple(plan.grid.shape), bool)), job,
+                MapStore.create_or_open(tmp_path / "n.zarr", plan.grid, {"model": "x", "halo": 0}, {}), progress=False)
