@@ -125,8 +125,10 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none
-# no cgroups: cgroup plugins move jobs out of a container's own cgroup and leave directories behind
-ProctrackType=proctrack/linuxproc
+# no cgroups: cgroup plugins move jobs out of a container's own cgroup and leave directories behind.
+# proctrack/pgid, not linuxproc: a dask worker whose nanny dies first is re-parented and escaped linuxproc's
+# process-tree tracking (it outlived scancel); it keeps the job's process group, so pgid still kills it
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
