@@ -24,10 +24,12 @@ def keep_malloc_adaptive() -> None:
 
 @contextlib.contextmanager
 def local_client(workers: int | None = None, threads_per_worker: int = 1):
+    """A LocalCluster of ``workers`` processes and its Client, closed on exit. Worker logs are silenced below
+    CRITICAL (a heartbeat racing the shutdown logs a traceback); tile errors are recorded in the map itself."""
     from distributed import Client, LocalCluster
 
     keep_malloc_adaptive()
     n = workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
     with LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                      dashboard_address=":0", silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         yield client

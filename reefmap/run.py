@@ -227,7 +227,9 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
                                storage_options=storage_options)
     if client == "local":
         from .cluster_local import local_client
+        from .kernels import compile_all
 
+        compile_all()  # here once, not in every worker at the same time
         with local_client(workers) as c:
             summary = execute(plan, job, store, client=c, batch=batch, max_in_flight=max_in_flight, progress=progress)
     else:
