@@ -16,6 +16,7 @@ def run_demo(out: str | Path, *, size: int = 3072, workers: int | None = None, s
     out.mkdir(parents=True, exist_ok=True)
     store = out / "reefmap-demo.zarr"
     mosaic = synthetic_mosaic(size, seed=seed)
+    mosaic[:, :8, :8].values  # compiles the synthetic renderer here once, not in every worker at the same time
     summary = run(mosaic, None, store, workers=workers, progress=progress)
     g = zarr.open_group(str(store), mode="r")
     png = quicklook_png(out / "reefmap-demo.png", g["classification"][:], g["reef_probability"][:],
