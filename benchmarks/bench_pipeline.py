@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     x = (raw.astype(np.float32) - np.array(meta.mean, np.float32)[:, None, None]) / np.array(meta.std, np.float32)[:, None, None]
     tiles = [np.ascontiguousarray(x[:, r:r + tile, c:c + tile])[None] for r in range(0, a.size, tile) for c in range(0, a.size, tile)]
     model.predict(tiles[0])
-    t_bare = best_of(lambda: [model.predict(t) for t in tiles], 2)
+    t_bare = best_of(lambda: [model.predict(t) for t in tiles], 2)  # pipelines below: best of 2 as well
     bare = a.size * a.size / t_bare / 1e6
     # 2. halo overhead: the same tiles read with their halo
     hal = [np.ascontiguousarray(np.pad(t, ((0, 0), (0, 0), (halo, halo), (halo, halo)))) for t in tiles[:4]]
@@ -94,10 +94,10 @@ def main(argv=None) -> int:
     os.environ["REEFMAP_INFERENCE_THREADS"] = "1"  # workers inherit it: workers x 1 thread = the bare model's threads
     with local_client(a.workers) as client:
         pipeline(client, "map-localcluster-warm")  # workers load the model and compile the kernels once
-        s_lc, t_lc = pipeline(client, "map-localcluster")
+        s_lc, t_lc = min((pipeline(client, "map-localcluster") for _ in range(2)), key=lambda r: r[1])
     os.environ["REEFMAP_INFERENCE_THREADS"] = str(threads)
     pipeline(None, "map-inprocess-warm")
-    s_ip, t_ip = pipeline(None, "map-inprocess")
+    s_ip, t_ip = min((pipeline(None, "map-inprocess") for _ in range(2)), key=lambda r: r[1])
     s_sc, t_sc = pipeline(None, "map-inprocess-screened", screen=True)
     mpx = a.size * a.size / 1e6
 

@@ -177,49 +177,82 @@ class TileOutcome:
     timings: dict = field(default_factory=dict)
 
 
-def run_tiles(job: TileJob, tasks) -> list[TileOutcome]:
-    """Read, predict, trim, write and mark each tile of ``tasks`` (one model forward per same-shaped batch).
+@dataclass
+class TileBatch:
+    """A group of tiles between the steps of ``run_tiles``: per tile, the raw block (after ``read_tiles``), the
+    encoded ``(prob, cls, state)`` (after ``predict_tiles``), or the error message of a failed tile."""
 
-    A tile whose read or prediction fails is recorded FAILED with the reason (other tiles go on); the
-    state of every tile is written only after its pixels.
-    """
-    from .model import load_model
+    tasks: list
+    items: list
+    timings: dict = field(default_factory=dict)
+
+
+class _Failed(str):
+    """A tile's error message, carried through the steps in place of its pixels."""
+
+
+def read_tiles(job: TileJob, tasks) -> TileBatch:
+    """Step 1 (I/O): each tile's halo'd window; a corrupt/unreadable input fails that tile only."""
     from .sources.base import open_reader
 
     t0 = time.perf_counter()
     reader = open_reader(job.reader_spec)
-    model = load_model(job.bundle, device=job.device)
-    store = job.store
-    outcomes: list[TileOutcome] = []
-    blocks, ok_tasks = [], []
+    items = []
     for task in tasks:
         try:
-            blocks.append(reader.read(task.read))
-            ok_tasks.append(task)
-        except Exception as e:  # a corrupt/unreadable input marks this tile failed, not the run
-            msg = f"{type(e).__name__}: {e}"
-            store.mark(task.index, TileState.FAILED, msg)
-            outcomes.append(TileOutcome(tuple(task.index), int(TileState.FAILED), 0, time.perf_counter() - t0, msg))
-    t_read = time.perf_counter()
-    if ok_tasks:
+            items.append(reader.read(task.read))
+        except Exception as e:
+            items.append(_Failed(f"{type(e).__name__}: {e}"))
+    return TileBatch(list(tasks), items, {"read": time.perf_counter() - t0})
+
+
+def predict_tiles(job: TileJob, batch: TileBatch) -> TileBatch:
+    """Step 2 (the model; the only step that needs the GPU): screen, normalise, predict, trim, encode."""
+    from .model import load_model
+    from .sources.base import open_reader
+
+    t0 = time.perf_counter()
+    ok = [i for i, it in enumerate(batch.items) if not isinstance(it, _Failed)]
+    items = list(batch.items)
+    if ok:
+        model = load_model(job.bundle, device=job.device)
+        nodata = open_reader(job.reader_spec).nodata
         try:
-            results = predict_blocks(blocks, model, reader.nodata, [t.core for t in ok_tasks], job.screen)
-        except BandMismatch:
+            results = predict_blocks([items[i] for i in ok], model, nodata, [batch.tasks[i].core for i in ok], job.screen)
+        except BandMismatch:  # the run's configuration is wrong, not this tile
             raise
         except Exception as e:
-            msg = f"{type(e).__name__}: {e}"
-            for task in ok_tasks:
-                store.mark(task.index, TileState.FAILED, msg)
-                outcomes.append(TileOutcome(tuple(task.index), int(TileState.FAILED), 0, time.perf_counter() - t0, msg))
-            return outcomes
-        t_pred = time.perf_counter()
-        for task, (prob, cls, state) in zip(ok_tasks, results):
-            if state != TileState.SKIPPED_NODATA:  # an all-nodata tile equals the store's fill: nothing to write
-                store.write_tile(task.write, prob, cls)
-            store.mark(task.index, state)
-            outcomes.append(TileOutcome(tuple(task.index), int(state), task.write.shape.y * task.write.shape.x,
-                                        time.perf_counter() - t0))
-        t_end = time.perf_counter()
-        timing = {"read": t_read - t0, "predict": t_pred - t_read, "write": t_end - t_pred}
-        outcomes = [TileOutcome(**{**o.__dict__, "timings": timing}) for o in outcomes]
-    return outcomes
+            results = [_Failed(f"{type(e).__name__}: {e}")] * len(ok)
+        for i, r in zip(ok, results):
+            items[i] = r
+    return TileBatch(batch.tasks, items, {**batch.timings, "predict": time.perf_counter() - t0})
+
+
+def write_tiles(job: TileJob, batch: TileBatch) -> list[TileOutcome]:
+    """Step 3 (I/O): write each tile's layers, then its state (FAILED with the reason for a failed tile)."""
+    t0 = time.perf_counter()
+    store = job.store
+    done = []
+    for task, item in zip(batch.tasks, batch.items):
+        if isinstance(item, _Failed):
+            store.mark(task.index, TileState.FAILED, str(item))
+            done.append((task, int(TileState.FAILED), 0, str(item)))
+            continue
+        prob, cls, state = item
+        if state != TileState.SKIPPED_NODATA:  # an all-nodata tile equals the store's fill: nothing to write
+            store.write_tile(task.write, prob, cls)
+        store.mark(task.index, state)
+        done.append((task, int(state), task.write.shape.y * task.write.shape.x, None))
+    timings = {**batch.timings, "write": time.perf_counter() - t0}
+    seconds = sum(timings.values())
+    return [TileOutcome(tuple(task.index), state, px, seconds, err, timings) for task, state, px, err in done]
+
+
+def run_tiles(job: TileJob, tasks) -> list[TileOutcome]:
+    """Read, predict, trim, write and mark each tile of ``tasks`` (one model forward per same-shaped batch).
+
+    A tile whose read or prediction fails is recorded FAILED with the reason (other tiles go on); the
+    state of every tile is written only after its pixels. On GPU workers ``execute`` submits the three
+    steps as separate tasks instead, so that only ``predict_tiles`` holds the GPU.
+    """
+    return write_tiles(job, predict_tiles(job, read_tiles(job, tasks)))

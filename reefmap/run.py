@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BandMismatch, InvalidParameter, ReefmapError, TileFailures
-from .infer import TileJob, TileOutcome, run_tiles
+from .infer import TileJob, TileOutcome, predict_tiles, read_tiles, run_tiles, write_tiles
 from .plan import Plan, plan_tiles
 from .progress import ProgressBar
 from .store import FINISHED_STATES, MapStore, TileState, code_version
@@ -165,13 +165,21 @@ def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: in
 
         gpu = _GpuPinning(client)
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        limit = max_in_flight or max(4, 2 * n_workers)
+        # GPU workers take more groups at once: the next ones read while one predicts and others write
+        limit = max_in_flight or max(4, (4 if gpu.pinned else 2) * n_workers)
         token = plan.token
 
         def submit(g):
             key = f"reefmap-tile-{token}-{int(g[0][0])}-{int(g[0][1])}"
-            return client.submit(run_tiles, job, [plan.task(t) for t in g], key=key, pure=False,
-                                 resources=gpu.resources())
+            tasks = [plan.task(t) for t in g]
+            resources = gpu.resources()
+            if resources is None:
+                return client.submit(run_tiles, job, tasks, key=key, pure=False)
+            # GPU workers: only the model step holds the GPU; reads and writes run on the worker's other
+            # threads meanwhile (the scheduler keeps the three steps on one worker: the data is there)
+            read = client.submit(read_tiles, job, tasks, key=key + "-read", pure=False)
+            pred = client.submit(predict_tiles, job, read, key=key + "-predict", pure=False, resources=resources)
+            return client.submit(write_tiles, job, pred, key=key, pure=False)
 
         def wait_one(pending):
             res = wait(pending, return_when="FIRST_COMPLETED")
