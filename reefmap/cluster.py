@@ -502,9 +502,8 @@ def _connect(address: str, timeout: float):
 def _launch_local(prof: _Profile, kw: dict[str, Any], jobs, adapt, wait: bool, timeout: float):
     from distributed import Client, LocalCluster
 
-    from .cluster_local import keep_malloc_adaptive
-
-    keep_malloc_adaptive()
+    if kw.get("processes", True):  # worker processes have nannies: keep glibc's malloc adaptive (reefmap.nanny)
+        kw["preload_nanny"] = [*kw.get("preload_nanny", []), "reefmap.nanny"]
     if isinstance(kw.get("silence_logs"), str):  # the worker side wants a level number
         import logging
 

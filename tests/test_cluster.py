@@ -153,7 +153,7 @@ def test_gpu_job_script(tmp_path):
     for needle in ["#SBATCH --gres=gpu:1", "#SBATCH -t 04:00:00", "#SBATCH --cpus-per-task=8", "#SBATCH -J reefmap-gpu",
                    f"#SBATCH -e {tmp_path}/reefmap-gpu-%J.err", "source /path/to/reefmap/.venv/bin/activate",
                    "export REEFMAP_INFERENCE_THREADS=1", "--lifetime 225m", "--lifetime-stagger 5m",
-                   "--resources GPU=1", "--nthreads 8", "--local-directory ${TMPDIR:-/tmp}"]:  # fmt: skip
+                   "--resources GPU=1", "--preload-nanny reefmap.nanny", "--nthreads 8", "--local-directory ${TMPDIR:-/tmp}"]:  # fmt: skip
         assert needle in script, needle
     assert "#SBATCH -p" not in script and "#SBATCH -A" not in script  # placeholders left null
     lines = script.splitlines()
@@ -411,3 +411,28 @@ def test_slurm_workers_that_never_connect_are_reported(slurm, slurm_overrides):
     assert "ended without a worker connecting" in msg and "ends with: reefmap-test: environment broken" in msg
     assert "its jobs cancelled" in msg
     assert _wait_until(lambda: not squeue(name), timeout=10), squeue(name)
+
+
+def _exec_environ() -> dict:
+    """The environment this process was started with (what glibc's malloc read at start-up)."""
+    raw = open("/proc/self/environ", "rb").read().split(b"\0")
+    return dict(kv.decode(errors="replace").split("=", 1) for kv in raw if b"=" in kv)
+
+
+def test_local_workers_start_without_dasks_malloc_trim_threshold():
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from reefmap.cluster_local import local_client
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.CRITICAL) as lc, \
+            Client(lc) as c:  # control: dask's own default reaches the worker
+        assert next(iter(c.run(_exec_environ).values())).get("MALLOC_TRIM_THRESHOLD_") == "65536"
+    with local_client(1) as c:
+        assert "MALLOC_TRIM_THRESHOLD_" not in next(iter(c.run(_exec_environ).values()))
+    client = cluster.launch("local", n_workers=1)
+    try:
+        assert "MALLOC_TRIM_THRESHOLD_" not in next(iter(client.run(_exec_environ).values()))
+    finally:
+        client.shutdown()
