@@ -228,6 +228,9 @@ def _vector_mask(grid: TileGrid, path: str, buffer_km: float, crs: Any) -> tuple
 def _burn(grid: TileGrid, geoms: np.ndarray) -> np.ndarray:
     """Rasterize geometries (in the grid's CRS) onto one pixel per tile, all_touched; wrap round the world."""
     import shapely
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.features import rasterize
 
     tg = tile_geobox(grid)
@@ -243,8 +246,10 @@ def _burn(grid: TileGrid, geoms: np.ndarray) -> np.ndarray:
         shapes += list(shapely.transform(east, lambda xy: xy - [width, 0.0]))
     if not shapes:
         return np.zeros(out_shape, bool)
-    arr = rasterize(((s, 1) for s in shapes), out_shape=out_shape, transform=tg.transform, fill=0, all_touched=True,
-                    dtype="uint8")
+    with warnings.catch_warnings():  # a grid of 1-unit tiles at the origin has the identity transform: not an error
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        arr = rasterize(((s, 1) for s in shapes), out_shape=out_shape, transform=tg.transform, fill=0,
+                        all_touched=True, dtype="uint8")
     return arr.astype(bool)
 
 # -- raster -------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Use them from a test module with::
 
-    from slurm_fixtures import slurm, slurm_overrides, squeue  # noqa: F401  (pytest fixtures + a helper)
+    from slurm_fixtures import reap, slurm, slurm_overrides, squeue, wait_until  # noqa: F401  (fixtures + helpers)
 
     @pytest.mark.slurm
     def test_x(slurm, slurm_overrides):
@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +106,54 @@ def squeue(name: str) -> dict[str, str]:
     """{job id: state} of the jobs named ``name`` that SLURM lists (pending, running or completing)."""
     out = _run("squeue", "-h", "-n", name, "-o", "%i %T").stdout
     return dict(line.split(maxsplit=1) for line in out.splitlines() if line.strip())
+
+
+def wait_until(predicate, timeout: float, every: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return predicate()
+
+
+def _worker_pids(marker: str) -> list[int]:
+    """Live ``dask_worker`` processes whose command line mentions ``marker`` (a test's tmp_path: their local dir)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            args = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"distributed.cli.dask_worker" in args and any(marker.encode() in a for a in args):
+            pids.append(int(d.name))
+    return pids
+
+
+def reap_workers(marker: str, grace: float = 5.0) -> list[int]:
+    """Kill the worker processes of one test (``marker``: its tmp_path) that outlive their SLURM jobs; their pids.
+
+    With ``ProctrackType=proctrack/linuxproc`` a worker that hung in ``Worker.close`` after the simultaneous SIGTERM
+    (scancel) and scheduler-close of ``client.shutdown()`` was re-parented to init when the batch shell exited, so
+    SLURM's SIGKILL after KillWait never reached it. start.sh now uses proctrack/pgid; this stays as the check.
+    """
+    wait_until(lambda: not _worker_pids(marker), timeout=grace)
+    left = _worker_pids(marker)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+@pytest.fixture
+def reap(tmp_path):
+    """After the test: no worker process of this test may be left running (killed, with a warning, if one is)."""
+    yield
+    left = reap_workers(str(tmp_path))
+    if left:
+        warnings.warn(f"{len(left)} dask worker process(es) outlived their cancelled SLURM jobs and were killed "
+                      f"(pids {left}); see reap_workers()", RuntimeWarning, stacklevel=1)  # fmt: skip

@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import dask
 import pytest
@@ -15,7 +14,7 @@ import yaml
 
 from reefmap import cluster
 from reefmap.errors import ClusterError, InvalidParameter
-from slurm_fixtures import slurm, slurm_overrides, squeue  # noqa: F401  (pytest fixtures + a helper)
+from slurm_fixtures import slurm, slurm_overrides, squeue, wait_until  # noqa: F401  (fixtures + helpers)
 
 PROFILES = cluster.REPO_PROFILES
 SHIPPED = ["local", "slurm-cpu", "slurm-gpu"]
@@ -317,15 +316,6 @@ def test_local_launch_computes_and_closes(capsys):
 
 
 # ------------------------------------------------------------------------------------------- real SLURM
-def _wait_until(predicate, timeout: float, every: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
-
-
 def _slow_square(x):  # the workers import it from this module (slurm_overrides puts tests/ on their PYTHONPATH)
     time.sleep(0.2)
     return x * x
@@ -354,7 +344,7 @@ def test_slurm_scale_compute_close(slurm, slurm_overrides, capsys):
         assert _results(client, client.map(_slow_square, range(8))) == [x * x for x in range(8)]
     finally:
         client.shutdown()
-    assert _wait_until(lambda: not squeue(name), timeout=10), squeue(name)
+    assert wait_until(lambda: not squeue(name), timeout=10), squeue(name)
 
 
 @pytest.mark.slurm
@@ -366,17 +356,17 @@ def test_slurm_worker_job_cancelled_mid_computation(slurm, slurm_overrides):
             before = {str(w.job_id) for w in client.cluster.workers.values()}
             assert len(before) == 2 and set(squeue(name)) == before
             futures = client.map(_slow_square, range(20))
-            assert _wait_until(lambda: sum(f.done() for f in futures) >= 4, timeout=20)
+            assert wait_until(lambda: sum(f.done() for f in futures) >= 4, timeout=20)
             victim = sorted(before)[0]
             subprocess.run(["scancel", victim], check=True)
             assert _results(client, futures) == [x * x for x in range(20)]  # finishes despite the lost worker
             # adapt(2, 2) submits a replacement job for the cancelled one
-            assert _wait_until(lambda: victim not in squeue(name) and len(squeue(name)) == 2, timeout=30), squeue(name)
+            assert wait_until(lambda: victim not in squeue(name) and len(squeue(name)) == 2, timeout=30), squeue(name)
             client.wait_for_workers(2, timeout=30)
             assert victim not in {str(w.job_id) for w in client.cluster.workers.values()}
         finally:
             client.shutdown()
-    assert _wait_until(lambda: not squeue(name), timeout=10), squeue(name)
+    assert wait_until(lambda: not squeue(name), timeout=10), squeue(name)
 
 
 @pytest.mark.slurm
@@ -386,7 +376,7 @@ def test_slurm_gpu_profile_without_a_gpu_is_an_error(slurm, slurm_overrides):
                      worker_extra_args=["--lifetime", "4m", "--resources", "GPU=1"])  # fmt: skip
     with pytest.raises(ClusterError, match=r"expects a GPU on worker .*SLURM job \d+ but torch.cuda.is_available\(\)"):
         cluster.launch("slurm-gpu", jobs=1, timeout=60, **overrides)
-    assert _wait_until(lambda: not squeue(name), timeout=10), squeue(name)  # the cluster was closed
+    assert wait_until(lambda: not squeue(name), timeout=10), squeue(name)  # the cluster was closed
 
 
 @pytest.mark.slurm
@@ -410,7 +400,7 @@ def test_slurm_workers_that_never_connect_are_reported(slurm, slurm_overrides):
     assert "0 of 1 workers connected before its jobs ended; SLURM says: job " in msg, msg
     assert "ended without a worker connecting" in msg and "ends with: reefmap-test: environment broken" in msg
     assert "its jobs cancelled" in msg
-    assert _wait_until(lambda: not squeue(name), timeout=10), squeue(name)
+    assert wait_until(lambda: not squeue(name), timeout=10), squeue(name)
 
 
 def _exec_environ() -> dict:

@@ -16,19 +16,12 @@ from reefmap.errors import BBoxError, InvalidParameter, NotAReefmapStore, Reefma
 from reefmap.export import OutputExists, UnsupportedFormat, export, validate_cog
 from reefmap.grid import GeoBox, Shape, TileGrid
 from reefmap.query import UNFINISHED, UnknownLayer, query
-from reefmap.store import MapStore, TileState
+from map_fixtures import patterns, write_map
+from reefmap.store import TileState
 
 P, D = TileState.PENDING, TileState.DONE
 GB = GeoBox(Shape(700, 900), Affine(30.0, 0, 300000.0, 0, -30.0, 2600000.0), "EPSG:32618")
 TILE = 128
-
-
-def patterns(shape):
-    r, c = np.mgrid[0:shape[0], 0:shape[1]]
-    prob = ((r * 7 + c * 3) % 251).astype(np.uint8)
-    cls = ((r // 5 + c // 7) % 6).astype(np.uint8)
-    prob[cls == 0] = 255
-    return prob, cls
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +31,7 @@ def utm_map(tmp_path_factory):
     states[1, 2] = P
     states[4, 6] = TileState.FAILED
     prob, cls = patterns(tuple(GB.shape))
-    st = np.repeat(np.repeat(states, TILE, 0), TILE, 1)[:700, :900]
-    store = MapStore.create_or_open(str(tmp_path_factory.mktemp("e") / "m.zarr"), grid, {"model": "synthetic"}, {})
-    store.array("reef_probability")[...] = np.where(st == D, prob, 255)
-    store.array("classification")[...] = np.where(st == D, cls, 0)
-    store.array("tile_status")[...] = states
+    store, st = write_map(tmp_path_factory.mktemp("e") / "m.zarr", GB, TILE, prob, cls, states, written=states == D)
     fin = st == D
     return store.url, prob, cls, st, fin
 
@@ -94,12 +83,8 @@ def test_cog_validator_rejects_a_plain_geotiff(tmp_path):
 
 def test_antimeridian_cog(tmp_path):
     gb = GeoBox(Shape(180, 360), Affine(1.0, 0, -180.0, 0, -1.0, 90.0), "EPSG:4326")
-    grid = TileGrid(gb, 64)
-    store = MapStore.create_or_open(str(tmp_path / "w.zarr"), grid, {"model": "synthetic"}, {})
     prob, cls = patterns((180, 360))
-    store.array("classification")[...] = cls
-    store.array("reef_probability")[...] = prob
-    store.array("tile_status")[...] = np.ones(tuple(grid.shape), np.uint8)
+    store, _ = write_map(tmp_path / "w.zarr", gb, 64, prob, cls, np.ones(tuple(TileGrid(gb, 64).shape), np.uint8))
     out = export(query(store.url, bbox=(170, -20, -170, -10)), tmp_path / "am.tif", layer="classification")
     with rasterio.open(out) as src:
         assert src.transform == Affine(1.0, 0, 170.0, 0, -1.0, -10.0) and src.width == 20

@@ -9,7 +9,7 @@ import pytest
 from nbclient import NotebookClient
 
 from conftest import REPO
-from slurm_fixtures import slurm, slurm_overrides, squeue  # noqa: F401  (pytest fixtures + a helper)
+from slurm_fixtures import reap, slurm, slurm_overrides, squeue, wait_until  # noqa: F401  (fixtures + helpers)
 
 NOTEBOOK = REPO / "cluster" / "launch.ipynb"
 
@@ -57,10 +57,8 @@ def test_launch_notebook_runs_on_a_local_cluster(tmp_path):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_launch_notebook_runs_on_slurm(slurm, slurm_overrides, tmp_path):
+def test_launch_notebook_runs_on_slurm(slurm, slurm_overrides, tmp_path, reap):
     """The same notebook with REEFMAP_PROFILE = a SLURM profile file: workers are SLURM jobs, cancelled at the end."""
-    import time
-
     import yaml
 
     from reefmap.model import DEMO_BUNDLE
@@ -86,22 +84,9 @@ def test_launch_notebook_runs_on_slurm(slurm, slurm_overrides, tmp_path):
     profile.write_text(yaml.safe_dump({"jobqueue": {"slurm-test": section}}, sort_keys=False))
     log_dir = Path(overrides["log_directory"])
 
-    from test_slurm_run import reap_workers
-
-    try:
-        nb = execute_notebook(tmp_path, {"REEFMAP_PROFILE": str(profile), "REEFMAP_JOBS": "2",
-                                         "REEFMAP_NOTEBOOK_OUT": str(tmp_path / "nb")})
-        deadline = time.monotonic() + 5
-        while squeue(name) and time.monotonic() < deadline:  # the notebook's client.shutdown() cancelled them
-            time.sleep(0.2)
-        assert not squeue(name), squeue(name)
-    finally:  # worker processes that outlive their cancelled jobs on the local SLURM (see reap_workers)
-        left = reap_workers(str(tmp_path))
-        if left:
-            import warnings
-
-            warnings.warn(f"{len(left)} dask worker process(es) outlived their cancelled SLURM jobs and were "
-                          f"killed (pids {left})", RuntimeWarning, stacklevel=1)  # fmt: skip
+    nb = execute_notebook(tmp_path, {"REEFMAP_PROFILE": str(profile), "REEFMAP_JOBS": "2",
+                                     "REEFMAP_NOTEBOOK_OUT": str(tmp_path / "nb")})
+    assert wait_until(lambda: not squeue(name), timeout=5), squeue(name)  # the notebook's shutdown cancelled them
     text, images = outputs_text(nb)
     assert "reefmap: cluster 'slurm-test' (SLURM, 2 jobs)" in text
     assert "workers: 2" in text

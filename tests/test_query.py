@@ -19,36 +19,10 @@ from affine import Affine
 from reefmap.errors import BBoxError, NotAReefmapStore, ReefmapError
 from reefmap.grid import GeoBox, Shape, TileGrid, Window
 from reefmap.query import OUTSIDE, UNFINISHED, GeometryError, UnknownLayer, open_map, query
-from reefmap.store import MapStore, TileState
+from map_fixtures import CountingReads, make_map
+from reefmap.store import TileState
 
 P, D, F = TileState.PENDING, TileState.DONE, TileState.FAILED
-
-
-def patterns(shape):
-    """Deterministic uint8 layers: probability codes 0..250 (some 255 nodata) and classes 0..5."""
-    r, c = np.mgrid[0:shape[0], 0:shape[1]]
-    prob = ((r * 7 + c * 3) % 251).astype(np.uint8)
-    cls = ((r // 5 + c // 7) % 6).astype(np.uint8)
-    prob[cls == 0] = 255
-    return prob, cls
-
-
-def make_map(path, geobox, tile, states, *, write_pending=False, storage_options=None):
-    """A map written directly (no model), in bulk: the pixels of every non-pending tile, then the tile states.
-    ``write_pending`` also writes the pixels of pending tiles (a tile killed after its write, before its mark)."""
-    grid = TileGrid(geobox, tile)
-    states = np.asarray(states, np.uint8)
-    assert states.shape == tuple(grid.shape)
-    prob, cls = patterns(tuple(geobox.shape))
-    store = MapStore.create_or_open(str(path), grid, {"model": "synthetic"}, {"note": "test"}, storage_options)
-    wp, wc = prob.copy(), cls.copy()
-    if not write_pending:
-        st = np.repeat(np.repeat(states, tile, 0), tile, 1)[: prob.shape[0], : prob.shape[1]]
-        wp[st == P], wc[st == P] = 255, 0
-    store.array("reef_probability")[...] = wp
-    store.array("classification")[...] = wc
-    store.array("tile_status")[...] = states
-    return store, prob, cls, states
 
 
 def expected(prob, cls, states, tile):
@@ -314,25 +288,6 @@ def test_bad_geometry(world_map, geometry, match):
     with pytest.raises(GeometryError, match=match) as e:
         query(store.url, geometry=geometry)
     assert isinstance(e.value, ReefmapError)
-
-
-class CountingReads:
-    """Counts the chunk keys read from LocalStore (patched ``get``), by array name."""
-
-    def __init__(self, monkeypatch):
-        from zarr.storage import LocalStore
-
-        self.keys: list[str] = []
-        orig = LocalStore.get
-
-        async def get(store, key, *a, **kw):
-            self.keys.append(key)
-            return await orig(store, key, *a, **kw)
-
-        monkeypatch.setattr(LocalStore, "get", get)
-
-    def chunks(self, var):
-        return sorted({k.split("/c/")[1] for k in self.keys if k.startswith(var + "/c/")})
 
 
 def test_a_small_box_reads_only_the_chunks_it_touches(tmp_path, monkeypatch):

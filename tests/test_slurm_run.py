@@ -9,11 +9,8 @@ the thread count.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +19,7 @@ from reefmap import cluster
 from reefmap.run import execute, prepare, run
 from reefmap.sources import open_mosaic
 from reefmap.store import FINISHED_STATES, TileState
-from slurm_fixtures import slurm, slurm_overrides, squeue  # noqa: F401  (pytest fixtures + a helper)
+from slurm_fixtures import reap, slurm, slurm_overrides, squeue, wait_until  # noqa: F401  (fixtures + helpers)
 from test_run import layers
 
 TILE = 64  # the 600 x 800 px zarr_mosaic in 10 x 13 = 130 small tiles: many tasks, each quick
@@ -38,57 +35,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _worker_pids(marker: str) -> list[int]:
-    """Live ``dask_worker`` processes whose command line mentions ``marker`` (a test's tmp_path: their local dir)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            args = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"distributed.cli.dask_worker" in args and any(marker.encode() in a for a in args):
-            pids.append(int(d.name))
-    return pids
-
-
-def reap_workers(marker: str, grace: float = 5.0) -> list[int]:
-    """Kill the worker processes of one test (``marker``: its tmp_path) that outlive their SLURM jobs; their pids.
-
-    On the local SLURM (``ProctrackType=proctrack/linuxproc``) a worker that hangs in ``Worker.close`` after the
-    simultaneous SIGTERM (scancel) and scheduler-close of ``client.shutdown()`` is re-parented to init when the batch
-    shell exits, so SLURM's SIGKILL after KillWait never reaches it: the job leaves the queue, the process stays.
-    """
-    _wait_until(lambda: not _worker_pids(marker), timeout=grace)
-    left = _worker_pids(marker)
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return left
-
-
-@pytest.fixture
-def reap(tmp_path):
-    """After the test: no worker process of this test may be left running (killed, with a warning, if one is)."""
-    yield
-    left = reap_workers(str(tmp_path))
-    if left:
-        warnings.warn(f"{len(left)} dask worker process(es) outlived their cancelled SLURM jobs and were killed "
-                      f"(pids {left}); see reap_workers()", RuntimeWarning, stacklevel=1)  # fmt: skip
-
-
-def _wait_until(predicate, timeout: float, every: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
 
 
 def _overrides(slurm_overrides: dict) -> dict:
@@ -148,7 +94,7 @@ def test_slurm_run_writes_the_same_map_as_in_process(slurm, slurm_overrides, zar
     finally:
         client.shutdown()
     t_shutdown = time.monotonic()
-    assert _wait_until(lambda: not squeue(name), timeout=10), squeue(name)
+    assert wait_until(lambda: not squeue(name), timeout=10), squeue(name)
     assert time.monotonic() - t_shutdown < 5, "the jobs took more than a few seconds to leave the queue"
     _assert_same_map(tmp_path / "slurm.zarr", ref)
 
@@ -192,14 +138,14 @@ def test_slurm_run_survives_a_cancelled_worker_job(slurm, slurm_overrides, zarr_
         assert at_cancel["in_flight"] >= 1 and at_cancel["pending"] >= 20, at_cancel  # the cancel landed mid-run
         assert summary.failed == 0 and not summary.stopped
         assert summary.computed >= plan.count  # a tile killed with its worker may be reported twice, never lost
-        assert _wait_until(lambda: at_cancel["victim"] not in squeue(name), timeout=10), squeue(name)
+        assert wait_until(lambda: at_cancel["victim"] not in squeue(name), timeout=10), squeue(name)
         assert len(client.scheduler_info()["workers"]) == 1
         # a second run() finds every tile finished: nothing is left to resume
         again = run(mosaic, random_bundle.path, out, tile=tile, client=client, progress=False)
         assert again.computed == 0 and again.already_finished == plan.count
     finally:
         client.shutdown()
-    assert _wait_until(lambda: not squeue(name), timeout=10), squeue(name)
+    assert wait_until(lambda: not squeue(name), timeout=10), squeue(name)
     _assert_same_map(out, ref)
 
 

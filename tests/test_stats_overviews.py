@@ -15,6 +15,7 @@ from reefmap.errors import InvalidParameter, NotAReefmapStore
 from reefmap.grid import GeoBox, Shape, TileGrid, TileIndex
 from reefmap.overviews import build_overviews
 from reefmap.query import UNFINISHED, open_map, query
+from map_fixtures import CountingReads, write_map
 from reefmap.store import MapStore, TileState
 
 P, D = TileState.PENDING, TileState.DONE
@@ -29,37 +30,6 @@ def geod_area(west, south, east, north, crs="EPSG:4326", n=1000):
     if crs != "EPSG:4326":
         xs, ys = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(xs, ys)
     return abs(Geod(ellps="WGS84").polygon_area_perimeter(xs, ys)[0])
-
-
-def write_map(path, geobox, tile, prob, cls, states, *, write_pending=False):
-    grid = TileGrid(geobox, tile)
-    states = np.asarray(states, np.uint8)
-    st = np.repeat(np.repeat(states, tile, 0), tile, 1)[: geobox.shape.y, : geobox.shape.x]
-    store = MapStore.create_or_open(str(path), grid, {"model": "synthetic"}, {"note": "test"})
-    keep = np.ones(st.shape, bool) if write_pending else st != P
-    store.array("reef_probability")[...] = np.where(keep, prob, 255).astype(np.uint8)
-    store.array("classification")[...] = np.where(keep, cls, 0).astype(np.uint8)
-    store.array("tile_status")[...] = states
-    return store, st
-
-
-class CountingReads:
-    """Counts the chunk keys read from LocalStore (patched ``get``)."""
-
-    def __init__(self, monkeypatch):
-        from zarr.storage import LocalStore
-
-        self.keys: list[str] = []
-        orig = LocalStore.get
-
-        async def get(store, key, *a, **kw):
-            self.keys.append(key)
-            return await orig(store, key, *a, **kw)
-
-        monkeypatch.setattr(LocalStore, "get", get)
-
-    def chunks(self, var):
-        return sorted({k.split("/c/")[1] for k in self.keys if k.startswith(var + "/c/")})
 
 
 def cli(argv):
@@ -218,7 +188,7 @@ def ov_map(tmp_path):
     states[2, 3] = P
     states[7, 10] = TileState.FAILED
     states[4, 4] = TileState.SKIPPED_LAND
-    store, st = write_map(tmp_path / "ov.zarr", OGB, OT, prob, cls, states, write_pending=True)
+    store, st = write_map(tmp_path / "ov.zarr", OGB, OT, prob, cls, states, written=np.ones(states.shape, bool))
     return store, prob, cls, states
 
 

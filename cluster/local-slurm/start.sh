@@ -26,38 +26,19 @@ CONF=/etc/slurm/slurm.conf
 MARKER="# Written by reefmap cluster/local-slurm/start.sh"
 PACKAGES=(munge slurmctld slurmd slurm-client)
 T0=$(date +%s.%N)
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 say() { echo "local-slurm: $*"; }
 fail() { # fail CODE MESSAGE: one line on stderr, distinct exit code
     echo "local-slurm: cannot start: $2" >&2
     exit "$1"
 }
-elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
-
-# pid_alive FILE NAME: the pid in FILE is a running process called NAME (guards against stale files and pid reuse)
-pid_alive() {
-    local pid
-    [[ -s $1 ]] || return 1
-    pid=$(<"$1")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ -r /proc/$pid/comm ]] && [[ $(<"/proc/$pid/comm") == "$2" ]]
-}
 
 pid_gone() { ! kill -0 "$1" 2>/dev/null; }
 ctld_up() { scontrol ping 2>/dev/null | grep -q 'is UP'; }
 node_state() { sinfo -h -n localhost -o %t 2>/dev/null | head -n1 || true; }
 node_ready() { [[ $(node_state) =~ ^(idle|mix|alloc)$ ]]; }
-
-# wait_for SECONDS COMMAND...: poll every 0.2 s
-wait_for() {
-    local deadline
-    deadline=$(($(date +%s) + $1))
-    shift
-    until "$@"; do
-        (($(date +%s) < deadline)) || return 1
-        sleep 0.2
-    done
-}
 
 have_packages() {
     local p

@@ -10,26 +10,9 @@ set -euo pipefail
 SLURM_DIR=${REEFMAP_SLURM_DIR:-/run/reefmap-slurm}
 TIMEOUT=${REEFMAP_SLURM_TIMEOUT:-30}
 T0=$(date +%s.%N)
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
-
-pid_alive() { # pid_alive FILE NAME
-    local pid
-    [[ -s $1 ]] || return 1
-    pid=$(<"$1")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ -r /proc/$pid/comm ]] && [[ $(<"/proc/$pid/comm") == "$2" ]]
-}
-
-wait_for() { # wait_for SECONDS COMMAND...
-    local deadline
-    deadline=$(($(date +%s) + $1))
-    shift
-    until "$@"; do
-        (($(date +%s) < deadline)) || return 1
-        sleep 0.2
-    done
-}
 
 queue_empty() { [[ -z $(squeue -h -o %i 2>/dev/null) ]]; }
 
