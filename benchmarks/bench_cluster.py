@@ -1,7 +1,7 @@
 """Scheduler overhead per tile: the local SLURM cluster vs a LocalCluster with the same workers (N x 1 thread).
 
 Both clusters run the same reefmap tile plan (a textured mosaic in a Zarr store → a fresh Zarr map each time, screen
-off so that every tile runs the model) through ``reefmap.run.execute``. Per tile it compares
+off so that every tile runs the model) through ``reefmap.runner.execute``. Per tile it compares
 
 - compute: ``TileOutcome.seconds``, measured inside the task (open reader, read with halo, predict, write, mark);
 - wall per tile, from the client: ``workers x wall / tiles`` (each worker runs one tile at a time), where wall is
@@ -107,7 +107,7 @@ def measure(client, mosaic, bundle: str, work: Path, name: str, tile: int) -> di
     """Warm every worker on a throw-away store, then time one execute() of the whole plan into a fresh store."""
     from distributed import get_task_stream
 
-    from reefmap.run import execute, prepare
+    from reefmap.runner import execute, prepare
 
     workers = sorted(client.scheduler_info()["workers"])
     warm_out = work / f"{name}-warm.zarr"

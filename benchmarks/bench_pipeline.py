@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     from reefmap.infer import TileJob, run_tiles
     from reefmap.model import load_model, read_bundle
     from reefmap.plan import plan_tiles
-    from reefmap.run import run
+    from reefmap.runner import run
     from reefmap.sources import open_mosaic
     from reefmap.store import MapStore, TileState
     from reefmap.synthetic import synthetic_mosaic

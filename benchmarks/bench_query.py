@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     import dask
     import xarray as xr
 
-    from reefmap.query import query
+    from reefmap.regions import query
 
     path = os.path.abspath(a.store)
     if a.rebuild and os.path.exists(path):

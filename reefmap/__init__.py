@@ -11,10 +11,10 @@ _LAZY = {
     "open_mosaic": "reefmap.sources",
     "load_model": "reefmap.model",
     "segment": "reefmap.infer",
-    "run": "reefmap.run",
+    "run": "reefmap.runner",
     "plan_tiles": "reefmap.plan",
-    "open_map": "reefmap.query",
-    "query": "reefmap.query",
+    "open_map": "reefmap.regions",
+    "query": "reefmap.regions",
     "synthetic_mosaic": "reefmap.synthetic",
     "status": "reefmap.progress",
 }

@@ -31,7 +31,7 @@ import numpy as np
 
 from .classes import CLASSES, REEF
 from .grid import GeoBox
-from .query import OUTSIDE, _FINISHED, query
+from .regions import OUTSIDE, _FINISHED, query
 
 _SAMPLE = 16  # areal-scale lattice step (pixels), at most
 _SAMPLE_M = 1000.0  # ... and at most this many metres between lattice points

@@ -349,7 +349,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
     shuts it down at the end); profile ``inprocess`` (or ``client="inprocess"``) computes in a thread here.
     """
     from .plan import Plan
-    from .run import execute, prepare
+    from .runner import execute, prepare
     from .store import FINISHED_STATES
 
     lg = logger or log

@@ -25,7 +25,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(a) -> int:
-    from . import run as runmod
+    from . import runner as runmod
     from .config import RunConfig
     from .sources import open_mosaic
 

@@ -19,7 +19,7 @@ _BBOX_HELP = ("lon/lat box W,S,E,N (write --bbox=W,S,E,N when W is negative); W 
 
 def cmd_query(a) -> int:
     from .export import export, output_format
-    from .query import query
+    from .regions import query
 
     if a.bbox is None and a.geometry is None:
         raise InvalidParameter("give the region: --bbox=W,S,E,N (lon/lat) and/or --geometry FILE.geojson")

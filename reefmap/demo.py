@@ -9,7 +9,7 @@ def run_demo(out: str | Path, *, size: int = 3072, workers: int | None = None, s
     import zarr
 
     from .quicklook import quicklook_png
-    from .run import run
+    from .runner import run
     from .synthetic import synthetic_mosaic
 
     out = Path(out)

@@ -32,7 +32,7 @@ import numpy as np
 from .classes import CLASSES
 from .errors import InvalidParameter, StoreError
 from .kernels import CLASS_NODATA, PROB_NODATA, PROB_SCALE
-from .query import _FINISHED, LAYERS, OUTSIDE, UNFINISHED, QueryResult, UnknownLayer
+from .regions import _FINISHED, LAYERS, OUTSIDE, UNFINISHED, QueryResult, UnknownLayer
 
 FORMATS = {".tif": "cog", ".tiff": "cog", ".nc": "netcdf", ".zarr": "zarr", ".png": "png"}
 LAYER_CHOICES = (*LAYERS, "both")

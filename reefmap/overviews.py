@@ -32,7 +32,7 @@ import numpy as np
 from .errors import InvalidParameter
 from .grid import TileGrid, Window
 from .kernels import CLASS_NODATA, PROB_NODATA
-from .query import OVERVIEWS_ATTR, OVERVIEWS_GROUP, _FINISHED, Level, _LevelReader, inspect_map, overview_geobox
+from .regions import OVERVIEWS_ATTR, OVERVIEWS_GROUP, _FINISHED, Level, _LevelReader, inspect_map, overview_geobox
 
 N_CLASSES = 5
 _NSTAT = 2 + N_CLASSES  # sum of probability codes, count of valid probabilities, one count per class 1..5

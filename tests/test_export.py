@@ -15,7 +15,7 @@ from affine import Affine
 from reefmap.errors import BBoxError, InvalidParameter, NotAReefmapStore, ReefmapError
 from reefmap.export import OutputExists, UnsupportedFormat, export, validate_cog
 from reefmap.grid import GeoBox, Shape, TileGrid
-from reefmap.query import UNFINISHED, UnknownLayer, query
+from reefmap.regions import UNFINISHED, UnknownLayer, query
 from map_fixtures import patterns, write_map
 from reefmap.store import TileState
 

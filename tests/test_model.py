@@ -18,7 +18,7 @@ def test_reading_a_bundle_and_planning_never_import_torch(random_bundle):
         "from reefmap.model import read_bundle\n"
         "from reefmap.plan import plan_tiles\n"
         "from reefmap.progress import status\n"
-        "import reefmap.cli, reefmap.run\n"
+        "import reefmap.cli, reefmap.runner\n"
         f"m = read_bundle({random_bundle.path!r})\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print(m.sha256)\n"

@@ -17,7 +17,7 @@ from reefmap.errors import BandMismatch, InvalidParameter, NotAReefmapStore, Sto
 from reefmap.infer import segment
 from reefmap.model import load_model
 from reefmap.progress import status
-from reefmap.run import execute, prepare, run
+from reefmap.runner import execute, prepare, run
 from reefmap.sources import open_mosaic
 from reefmap.store import MapStore, TileState
 
@@ -189,7 +189,7 @@ def test_a_stop_before_the_first_submit_computes_nothing(zarr_mosaic, random_bun
 
 def test_a_lost_task_fails_only_its_tiles_and_a_config_error_stops_the_run(zarr_mosaic, random_bundle, tmp_path,
                                                                            monkeypatch):
-    import reefmap.run as run_mod
+    import reefmap.runner as run_mod
 
     path, _ = zarr_mosaic
     plan, job, store = prepare(open_mosaic(str(path)), random_bundle.path, tmp_path / "m.zarr", tile=128)
@@ -220,3 +220,23 @@ def test_a_lost_task_fails_only_its_tiles_and_a_config_error_stops_the_run(zarr_
     with pytest.raises(BandMismatch):
         execute(plan.__class__(plan.grid, plan.halo, np.ones(tuple(plan.grid.shape), bool)), job,
                 MapStore.create_or_open(tmp_path / "n.zarr", plan.grid, {"model": "x", "halo": 0}, {}), progress=False)
+
+
+def test_the_package_functions_stay_functions_whatever_was_imported_before():
+    """``reefmap.run``/``reefmap.query`` once shared their names with submodules: the first access gave the
+    function, every later one the module (the import system sets the submodule as a package attribute)."""
+    import importlib
+    import pkgutil
+
+    import reefmap
+
+    submodules = {m.name for m in pkgutil.iter_modules(reefmap.__path__)}
+    for m in sorted(submodules - {"__main__"}):
+        importlib.import_module(f"reefmap.{m}")
+    for name in reefmap.__all__:
+        if name == "__version__":
+            continue
+        assert name not in submodules, f"reefmap.{name} is both a function and a submodule"
+        for _ in range(2):
+            obj = getattr(reefmap, name)
+            assert callable(obj) and obj.__name__ == name, (name, obj)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from reefmap import cluster
-from reefmap.run import execute, prepare, run
+from reefmap.runner import execute, prepare, run
 from reefmap.sources import open_mosaic
 from reefmap.store import FINISHED_STATES, TileState
 from slurm_fixtures import reap, slurm, slurm_overrides, squeue, wait_until  # noqa: F401  (fixtures + helpers)

@@ -132,7 +132,7 @@ def test_truncated_geotiff_on_gcs(gcs_fs, tmp_path):
 def test_credentials_reach_the_workers_but_never_the_maps_provenance(gcs_fs, tmp_path, random_bundle):
     import zarr
 
-    from reefmap.run import run
+    from reefmap.runner import run
     from reefmap.sources.base import public_spec
 
     fs, bucket = gcs_fs

@@ -14,7 +14,7 @@ from reefmap.areas import area_model, stats
 from reefmap.errors import InvalidParameter, NotAReefmapStore
 from reefmap.grid import GeoBox, Shape, TileGrid, TileIndex
 from reefmap.overviews import build_overviews
-from reefmap.query import UNFINISHED, open_map, query
+from reefmap.regions import UNFINISHED, open_map, query
 from map_fixtures import CountingReads, write_map
 from reefmap.store import MapStore, TileState
 
