@@ -8,7 +8,7 @@ Layout (one Zarr group; every object is written by exactly one tile, so writes n
   ``xr.open_zarr(store).rio.crs`` / ``.rio.transform()`` are the mosaic's;
 - ``tile_status`` (tile_y, tile_x) uint8, one 1x1 chunk per tile: 0 pending, 1 done, 2/3/4 skipped
   (nodata / land / deep water), 9 failed — written only after the tile's pixels are;
-- ``tile_errors/t{iy}_{ix}`` groups whose attributes hold a failed tile's reason;
+- ``tile_errors/t{iy}_{ix}`` groups whose attributes hold a tile's latest failure reason (read while its state is 9);
 - ``plans/{token}`` groups recording each run's plan; group attributes ``reefmap`` hold provenance.
 
 Data chunks are the tiles: a tile writes whole chunks only, with deterministic content, so repeating a
@@ -294,14 +294,14 @@ class MapStore:
         errs = self.array("tile_errors")
         key = f"t{iy}_{ix}"
         if state == TileState.FAILED:
-            errs.create_group(key, overwrite=True, attributes={"tile": [iy, ix], "error": str(error)[:4000],
-                                                               "time": _dt.datetime.now(_dt.timezone.utc).isoformat()})
-        elif key in errs:
-            del errs[key]
+            _put_group(errs, key, {"tile": [iy, ix], "error": str(error)[:4000],
+                                   "time": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+        # a later success leaves the record: it is read only while the tile's state is FAILED (``errors()``), and
+        # deleting it could remove the files of another run recording the same tile's failure at that moment
         self.array("tile_status")[iy, ix] = int(state)
 
     def record_plan(self, plan) -> None:
-        self.group["plans"].create_group(plan.token, overwrite=True, attributes=plan.to_json())
+        _put_group(self.array("plans"), plan.token, plan.to_json())
 
     # -- reading state -----------------------------------------------------------------------------------------
     def states(self) -> np.ndarray:
@@ -411,7 +411,14 @@ class MapStore:
         return sel
 
     def errors(self) -> dict[tuple[int, int], str]:
-        return {tuple(grp.attrs["tile"]): grp.attrs["error"] for _, grp in self.group["tile_errors"].groups()}
+        """``{(iy, ix): reason}`` of the tiles whose state is FAILED now."""
+        failed = self.states() == TileState.FAILED
+        out = {}
+        for _, grp in self.array("tile_errors").groups():
+            iy, ix = grp.attrs["tile"]
+            if failed[iy, ix]:
+                out[(iy, ix)] = grp.attrs["error"]
+        return out
 
 
 def _short(v: Any) -> str:
@@ -425,3 +432,17 @@ def _status_chunk_key(rel: str) -> tuple[int, int] | None:
     if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
         return int(parts[0]), int(parts[1])
     return None
+
+
+def _put_group(parent, key: str, attributes: dict) -> None:
+    """Create the group ``parent/key`` with ``attributes``, or replace the attributes of the one there.
+
+    Never deletes (``create_group(overwrite=True)`` removes the directory first): two runs on one store that
+    record the same plan or the same failure at once would otherwise remove each other's files mid-write.
+    """
+    from zarr.errors import ContainsArrayError, ContainsGroupError
+
+    try:
+        parent.create_group(key, attributes=attributes)
+    except (ContainsGroupError, ContainsArrayError):
+        parent[key].attrs.put(attributes)

@@ -240,3 +240,29 @@ def test_the_package_functions_stay_functions_whatever_was_imported_before():
         for _ in range(2):
             obj = getattr(reefmap, name)
             assert callable(obj) and obj.__name__ == name, (name, obj)
+
+
+def test_concurrent_plan_records_and_error_marks_never_remove_each_others_files(tmp_path):
+    """Two runs on one store record the same plan and may fail (then finish) the same tile at the same moment;
+    a delete-then-create of the shared group let one remove the other's files mid-write (FileNotFoundError)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from affine import Affine
+
+    from reefmap.grid import GeoBox, Shape
+    from reefmap.plan import plan_tiles
+
+    plan = plan_tiles(GeoBox(Shape(256, 256), Affine(10.0, 0, 0, 0, -10.0, 0), "EPSG:32618"), 64, 8)
+    store = MapStore.create_or_open(tmp_path / "m.zarr", plan.grid, {"model": "x", "halo": 8}, {})
+
+    def hammer(i):
+        st = MapStore(store.url)  # each "run" has its own handle, as separate processes would
+        for k in range(40):
+            st.record_plan(plan)
+            st.mark((1, 1), TileState.FAILED, f"run {i} attempt {k}")
+            st.mark((1, 1), TileState.DONE)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(hammer, range(4)))
+    assert store.states()[1, 1] == TileState.DONE and store.errors() == {}
+    assert [p.token for p in store.plans()] == [plan.token]
