@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .cluster_local import connected_workers
 from .errors import InvalidParameter, ReefmapError
 from .grid import TileGrid
 from .gridspec import GlobalRunConfig, describe_grid
@@ -393,7 +394,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
             client = None
         elif client is None and todo.any() and not stop.is_set():
             client, own_client = _launch(cfg, lg)
-        n_workers = 1 if client is None else max(1, len(client.scheduler_info().get("workers", {})))
+        n_workers = 1 if client is None else max(1, len(connected_workers(client)))
         limit = max_in_flight or (2 if client is None else max(4, 2 * n_workers))
         block = cfg.block or max(64, 16 * limit)
         progress.start()

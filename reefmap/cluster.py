@@ -49,6 +49,7 @@ from typing import Any
 
 import yaml
 
+from .cluster_local import connected_workers
 from .errors import ClusterError, InvalidParameter
 
 __all__ = [
@@ -647,7 +648,7 @@ def _wait_for_slurm_workers(prof: _Profile, cluster, client, n_workers: int, tim
 
 
 def _slow_start_report(prof: _Profile, cluster, client, n_workers: int, timeout: float, ended: bool) -> str:
-    connected = len(client.scheduler_info().get("workers", {}))
+    connected = len(connected_workers(client))
     job_ids = _job_ids(cluster)
     if not job_ids:
         states = "no job was submitted (see the logged sbatch error)"

@@ -18,3 +18,12 @@ def local_client(workers: int | None = None, threads_per_worker: int = 1):
                       dashboard_address=":0", silence_logs=logging.CRITICAL,
                       preload_nanny=["reefmap.nanny"]) as cluster, Client(cluster) as client:
         yield client
+
+
+def connected_workers(client) -> dict:
+    """``{address: info}`` of the workers connected now, asked of the scheduler directly.
+
+    Not ``client.scheduler_info()["workers"]``: that returns the client's cached identity, which a periodic
+    background refresh replaces with one *without* per-worker details, so it can read as "no workers".
+    """
+    return dict(client.sync(client.scheduler.identity, n_workers=-1).get("workers", {}))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BandMismatch, InvalidParameter, ReefmapError, TileFailures
+from .cluster_local import connected_workers
 from .infer import TileJob, TileOutcome, predict_tiles, read_tiles, run_tiles, write_tiles
 from .plan import Plan, plan_tiles
 from .progress import ProgressBar
@@ -164,7 +165,7 @@ def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: in
         from distributed import wait
 
         gpu = _GpuPinning(client)
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        n_workers = max(1, len(connected_workers(client)))
         # GPU workers take more groups at once: the next ones read while one predicts and others write
         limit = max_in_flight or max(4, (4 if gpu.pinned else 2) * n_workers)
         token = plan.token
@@ -200,7 +201,7 @@ def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: in
 
 def _gpu_resources(client) -> dict | None:
     """Pin tile tasks to GPU workers when the cluster advertises any (``--resources GPU=1``)."""
-    workers = client.scheduler_info().get("workers", {})
+    workers = connected_workers(client)
     if any(w.get("resources", {}).get("GPU") for w in workers.values()):
         return {"GPU": 1}
     return None

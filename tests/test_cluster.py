@@ -426,3 +426,18 @@ def test_local_workers_start_without_dasks_malloc_trim_threshold():
         assert "MALLOC_TRIM_THRESHOLD_" not in next(iter(client.run(_exec_environ).values()))
     finally:
         client.shutdown()
+
+
+def test_connected_workers_asks_the_scheduler_not_the_clients_cache():
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from reefmap.cluster_local import connected_workers
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0",
+                      silence_logs=logging.CRITICAL) as lc, Client(lc) as c:
+        c.wait_for_workers(2)
+        c.sync(c._update_scheduler_info)  # what the client's periodic refresh does: an identity without workers
+        assert c._scheduler_identity.get("workers", {}) == {}
+        assert len(connected_workers(c)) == 2
