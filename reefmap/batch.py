@@ -234,7 +234,6 @@ def install_stop_signals(stop: threading.Event, signals=STOP_SIGNALS, *, logger=
     return restore
 
 
-# -- reading tile states fast ----------------------------------------------------------------------------------
 # -- the run ----------------------------------------------------------------------------------------------------
 @dataclass
 class BatchSummary:
@@ -406,7 +405,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
             bsel[part[:, 0], part[:, 1]] = True
             try:
                 res = execute(Plan(plan.grid, plan.halo, bsel), tjob, store, client=client, batch=cfg.batch,
-                              max_in_flight=limit, progress=False, stop=stop,
+                              max_in_flight=limit, progress=False, stop=stop, states=states,
                               on_outcome=_chain(progress.on_outcome, on_outcome))
             except Exception as e:
                 if not stop.is_set():
@@ -497,10 +496,10 @@ def _launch(cfg: GlobalRunConfig, lg):
     if cfg.cluster_profile in INPROCESS:
         lg.info("cluster profile inprocess: computing in this process (no dask cluster)")
         return None, False
-    from .cluster import launch
+    from .cluster import _is_address, launch
 
     lg.info(f"launching cluster profile {cfg.cluster_profile!r}" + (f" with {cfg.cluster_jobs} jobs" if cfg.cluster_jobs else ""))
-    if cfg.cluster_profile.startswith(("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")):
+    if _is_address(cfg.cluster_profile):
         return launch(cfg.cluster_profile), False  # a shared scheduler: connect, never shut it down
     return launch(cfg.cluster_profile, cfg.cluster_jobs), True
 

@@ -64,28 +64,3 @@ def format_plan(d: dict) -> str:
         lines.append("warning  no tile survives: check mask:, mask_crs: and region:")
     lines.append(f"took     {d['seconds']:.2f}s (nothing computed; output would go to {d['out']})")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m reefmap.cli_global plan CONFIG``) until ``reefmap plan`` is wired in."""
-    import sys
-
-    from .errors import ReefmapError
-
-    parser = argparse.ArgumentParser(prog="reefmap")
-    parser.add_argument("--debug", action="store_true")
-    add_commands(parser.add_subparsers(dest="cmd", required=True))
-    a = parser.parse_args(argv)
-    try:
-        return a.fn(a) or 0
-    except ReefmapError as e:
-        if a.debug:
-            raise
-        print(f"reefmap: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -95,9 +95,3 @@ def add_commands(subparsers) -> None:
     o.add_argument("--full", action="store_true", help="recompute every chunk, not only those of changed tiles")
     o.add_argument("--json", action="store_true")
     o.set_defaults(fn=cmd_overviews)
-
-
-def _standalone_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reefmap")
-    add_commands(p.add_subparsers(dest="cmd", required=True))
-    return p

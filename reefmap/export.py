@@ -86,11 +86,12 @@ def probability_codes(result: QueryResult):
 
 
 def _check_output(path, overwrite: bool) -> str:
-    p = os.path.abspath(os.fspath(path).rstrip("/"))
-    if "://" in os.fspath(path) and not os.fspath(path).startswith("file://"):
-        raise InvalidParameter(f"output {os.fspath(path)!r}: exports are written to local paths only")
-    if os.fspath(path).startswith("file://"):
-        p = os.path.abspath(os.fspath(path)[len("file://"):].rstrip("/"))
+    from .store import _is_url, _normalise_url
+
+    s = os.fspath(path)
+    if _is_url(s):
+        raise InvalidParameter(f"output {s!r}: exports are written to local paths only")
+    p = _normalise_url(s.rstrip("/"))
     if os.path.lexists(p) and not overwrite:
         raise OutputExists(f"output {p!r} already exists; pass --overwrite (overwrite=True) to replace it "
                            "(nothing was written)")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,15 +40,6 @@ def mercator_y(lat: float) -> float:
     """Web Mercator northing (m) of latitude ``lat`` (degrees, clamped to the Mercator square)."""
     lat = max(-WEB_MERCATOR_MAX_LAT, min(WEB_MERCATOR_MAX_LAT, float(lat)))
     return WEB_MERCATOR_RADIUS * math.log(math.tan(math.pi / 4 + math.radians(lat) / 2))
-
-
-def mercator_lat(y: float) -> float:
-    """Latitude (degrees) of Web Mercator northing ``y`` (m)."""
-    return math.degrees(2 * math.atan(math.exp(y / WEB_MERCATOR_RADIUS)) - math.pi / 2)
-
-
-def mercator_x(lon: float) -> float:
-    return WEB_MERCATOR_RADIUS * math.radians(float(lon))
 
 
 @dataclass(frozen=True)
@@ -352,16 +343,6 @@ class GlobalRunConfig:
         except yaml.YAMLError as e:
             raise InvalidParameter(f"config file {str(p)!r} is not valid YAML: {e}") from None
         return cls.from_dict(data or {}, p.resolve().parent, source=str(p), mask=mask, **overrides)
-
-    def with_(self, **changes) -> "GlobalRunConfig":
-        return replace(self, **changes)
-
-    def to_json(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["grid"] = self.grid.to_json()
-        d["region"] = None if self.region is None else list(self.region)
-        d["mosaic"] = dict(self.mosaic)
-        return d
 
 
 def _whole(name: str, v: Any, lo: int, hi: int) -> int:

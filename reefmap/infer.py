@@ -26,7 +26,7 @@ SCREEN_RULES = {"deep_water": (TileState.SKIPPED_DEEP_WATER, DEEP_WATER), "land"
 def screen_block(block: np.ndarray, meta, nodata) -> tuple[TileState, int] | None:
     """Cheap emptiness test of a raw block: all nodata, or every valid pixel inside one class's colour box
     (``meta.screen``, measured on the training data). Returns ``(state, class code)`` or None to infer."""
-    if _all_nodata(block, nodata):  # the common empty tile (collars, gaps, ocean outside a scene): one pass
+    if kernels.all_nodata(block, nodata):  # the common empty tile (collars, gaps, ocean outside a scene): one pass
         return TileState.SKIPPED_NODATA, 0
     names = [n for n in SCREEN_RULES if n in meta.screen]
     boxes = np.array([meta.screen[n] for n in names], dtype=np.float64).reshape(len(names), block.shape[0], 2) \
@@ -39,12 +39,6 @@ def screen_block(block: np.ndarray, meta, nodata) -> tuple[TileState, int] | Non
         if n == n_valid:
             return SCREEN_RULES[name]
     return None
-
-
-def _all_nodata(block: np.ndarray, nodata) -> bool:
-    if nodata is None or (isinstance(nodata, float) and np.isnan(nodata)):
-        return block.dtype.kind == "f" and bool(np.isnan(block).all())
-    return not block.any() if nodata == 0 else bool((block == nodata).all())
 
 
 def predict_block(block: np.ndarray, model, nodata, core: Window | None = None, screen: bool = True):

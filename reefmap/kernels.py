@@ -134,9 +134,18 @@ def encode(probs: np.ndarray, valid: np.ndarray, reef_channel: int):
     return prob, cls
 
 
+def all_nodata(block: np.ndarray, nodata) -> bool:
+    """No pixel of ``block`` is valid because every value is ``nodata`` (or NaN): one vectorised pass, the
+    common empty tile. (A block can also be all invalid by range; ``screen_counts`` finds those.)"""
+    value, has = _nodata_args(nodata)
+    if not has:
+        return block.dtype.kind == "f" and bool(np.isnan(block).all())
+    return not block.any() if value == 0 else bool((block == value).all())
+
+
 def encode_nodata(shape):
     """The layers of an all-nodata tile (what a map store holds where nothing was written)."""
-    return np.full(tuple(shape), PROB_NODATA, np.uint8), np.zeros(tuple(shape), np.uint8)
+    return np.full(tuple(shape), PROB_NODATA, np.uint8), np.full(tuple(shape), CLASS_NODATA, np.uint8)
 
 
 def encode_constant(valid: np.ndarray, code: int):
@@ -155,6 +164,6 @@ def compile_all() -> None:
     """
     block = np.zeros((3, 8, 8), np.uint8)
     block[:, :4] = 40
-    x, valid = normalize(block, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 0)
+    _, valid = normalize(block, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 0)
     screen_counts(block, np.zeros((1, 3, 2)), 0)
     encode(np.zeros((5, 8, 8), np.float32), valid, 2)

@@ -22,7 +22,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -281,21 +281,10 @@ def _raster_mask(grid: TileGrid, path: str, crs: Any) -> tuple[np.ndarray, str]:
 
 def region_mask(grid: TileGrid, region, region_crs: Any = "EPSG:4326") -> np.ndarray:
     """Boolean tile array: True for the tiles touching ``region`` (a BBox / "W,S,E,N" in ``region_crs``)."""
-    from .grid import BBox
+    from .plan import bbox_selection
 
-    box = region if isinstance(region, BBox) else BBox.parse(region)
-    win = grid.geobox.window_of_bbox(box, region_crs)
-    rows, cols = grid.tiles_in(win)
-    sel = np.zeros(tuple(grid.shape), bool)
-    sel[rows, cols] = True
-    return sel
+    return bbox_selection(grid, region, region_crs)
 
-def combine(masks: Iterable[np.ndarray | None], shape) -> np.ndarray:
-    out = np.ones(tuple(shape), bool)
-    for m in masks:
-        if m is not None:
-            out &= m
-    return out
 
-__all__ = ["MaskError", "MaskNotFound", "MaskInfo", "tile_mask", "read_vector", "region_mask", "combine"]
+__all__ = ["MaskError", "MaskNotFound", "MaskInfo", "tile_mask", "read_vector", "region_mask"]
 

@@ -224,10 +224,7 @@ def build_overviews(store, levels: int | None = None, *, full: bool = False, sto
                 dests.append(targets[k - 1][name])
                 regions.append(win.slices)
         summary["chunks_written"] += 2 * len(blocks)
-    if old is None:
-        da.store(sources, dests, lock=False)
-    else:
-        da.store(sources, dests, regions=regions, lock=False)
+    da.store(sources, dests, regions=regions, lock=False)  # a region of None: the whole array
 
     # the snapshot and attributes last: an interrupted build is redone in full (or for its changed tiles)
     try:

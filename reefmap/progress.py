@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from .store import SKIPPED_STATES, MapStore, TileState
+from .store import FINISHED_STATES, SKIPPED_STATES, MapStore, TileState
 
 
 def status(store: MapStore | str) -> dict:
@@ -21,7 +21,7 @@ def status(store: MapStore | str) -> dict:
     skipped = int(sum(counts[s] for s in SKIPPED_STATES))
     failed = int(counts[TileState.FAILED])
     n_planned = int(planned.sum())
-    finished_in_plan = int((planned & np.isin(states, [TileState.DONE, *SKIPPED_STATES])).sum())
+    finished_in_plan = int((planned & np.isin(states, FINISHED_STATES)).sum())
     failed_in_plan = int((planned & (states == TileState.FAILED)).sum())
     pending = n_planned - finished_in_plan - failed_in_plan
     return {

@@ -188,18 +188,11 @@ def _units(crs: str) -> str:
 
 
 def _open_group(url: str, storage_options: dict, mode: str = "r"):
-    import zarr
-
-    from .store import _is_url
-
-    kw = {"storage_options": storage_options} if _is_url(url) else {}
-    return zarr.open_group(url, mode=mode, zarr_format=3, **kw)
+    return MapStore(url, storage_options)._open_group(mode)
 
 
 def _as_url(store) -> tuple[str, dict]:
     if isinstance(store, MapStore):
-        return store.url, dict(store.storage_options)
-    if isinstance(store, MapInfo):
         return store.url, dict(store.storage_options)
     from .store import _normalise_url
 
@@ -776,12 +769,13 @@ def query(store, bbox=None, geometry=None, resolution=None, layers=None, *, stor
     first = pieces[0].window
     width = sum(p.window.shape.x for p in pieces)
     gb = GeoBox(Shape(first.shape.y, width), lvl.geobox.window(first).transform, lvl.geobox.crs)
-    fin, n = 0, 0
-    for p in pieces:
-        f, m = _count_finished(lvl, p.window)
-        fin, n = fin + f, n + m
-    frac = fin / n if n else 0.0
-    if geom is not None:
+    if geom is None:
+        fin, n = 0, 0
+        for p in pieces:
+            f, m = _count_finished(lvl, p.window)
+            fin, n = fin + f, n + m
+        frac = fin / n if n else 0.0
+    else:
         import dask
         from shapely import affinity
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BandMismatch, InvalidParameter, ReefmapError, TileFailures
 from .cluster_local import connected_workers
+from .errors import BandMismatch, InvalidParameter, ReefmapError, TileFailures
 from .infer import TileJob, TileOutcome, predict_tiles, read_tiles, run_tiles, write_tiles
 from .plan import Plan, plan_tiles
 from .progress import ProgressBar
@@ -96,7 +96,8 @@ def _bbox_list(bbox):
 
 
 def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: int = 1, max_in_flight: int | None = None,
-            progress: bool = True, retry_failed: bool = True, stop=None, on_outcome=None) -> RunSummary:
+            progress: bool = True, retry_failed: bool = True, stop=None, on_outcome=None,
+            states: np.ndarray | None = None) -> RunSummary:
     """Compute the plan's unfinished tiles on ``client`` (a distributed Client, or None for an in-process
     thread pool) and record each tile's state in the store. Finished tiles are never recomputed.
 
@@ -104,9 +105,10 @@ def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: in
     becomes one big graph. ``stop`` (a ``threading.Event``) ends the run early and cleanly: nothing new is
     submitted, tiles in flight finish (their writes are idempotent, so an abandoned one is simply redone by
     the next run), and the summary says ``stopped``. ``on_outcome`` is called with each ``TileOutcome``.
+    ``states``: the store's tile states when the caller has just read them (else they are read here).
     """
     t0 = time.perf_counter()
-    states = store.states()
+    states = store.states() if states is None else states
     finished = np.isin(states, FINISHED_STATES) if retry_failed else (states != TileState.PENDING)
     todo = plan.remaining(finished)
     tiles = np.argwhere(todo)
@@ -134,7 +136,7 @@ def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: in
 
         top_up()
         while pending:
-            fut, _ = wait_one(set(pending))
+            fut = wait_one(set(pending))
             g = pending.pop(fut)
             try:
                 results = fut.result()
@@ -157,15 +159,15 @@ def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: in
 
         with ThreadPoolExecutor(1) as pool:
             def wait_one(pending):
-                done, rest = wait(pending, return_when=FIRST_COMPLETED)
-                return next(iter(done)), rest
+                return next(iter(wait(pending, return_when=FIRST_COMPLETED).done))
 
             submit_all(lambda g: pool.submit(run_tiles, job, [plan.task(t) for t in g]), wait_one, max_in_flight or 2)
     else:
         from distributed import wait
 
-        gpu = _GpuPinning(client)
-        n_workers = max(1, len(connected_workers(client)))
+        workers = connected_workers(client)
+        gpu = _GpuPinning(client, workers)
+        n_workers = max(1, len(workers))
         # GPU workers take more groups at once: the next ones read while one predicts and others write
         limit = max_in_flight or max(4, (4 if gpu.pinned else 2) * n_workers)
         token = plan.token
@@ -183,8 +185,7 @@ def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: in
             return client.submit(write_tiles, job, pred, key=key, pure=False)
 
         def wait_one(pending):
-            res = wait(pending, return_when="FIRST_COMPLETED")
-            return next(iter(res.done)), None
+            return next(iter(wait(pending, return_when="FIRST_COMPLETED").done))
 
         submit_all(submit, wait_one, limit)
     bar.close()
@@ -199,9 +200,8 @@ def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: in
     )
 
 
-def _gpu_resources(client) -> dict | None:
+def _gpu_resources(workers: dict) -> dict | None:
     """Pin tile tasks to GPU workers when the cluster advertises any (``--resources GPU=1``)."""
-    workers = connected_workers(client)
     if any(w.get("resources", {}).get("GPU") for w in workers.values()):
         return {"GPU": 1}
     return None
@@ -211,14 +211,14 @@ class _GpuPinning:
     """``_gpu_resources``, re-asked at most every ``every`` seconds until a GPU worker shows up, then kept:
     an adaptive cluster may start with no workers, and its GPU workers join while the run is going."""
 
-    def __init__(self, client, every: float = 5.0):
+    def __init__(self, client, workers: dict, every: float = 5.0):
         self.client, self.every = client, every
-        self.pinned = _gpu_resources(client)
+        self.pinned = _gpu_resources(workers)
         self.checked = time.monotonic()
 
     def resources(self) -> dict | None:
         if self.pinned is None and time.monotonic() - self.checked > self.every:
-            self.pinned, self.checked = _gpu_resources(self.client), time.monotonic()
+            self.pinned, self.checked = _gpu_resources(connected_workers(self.client)), time.monotonic()
         return self.pinned
 
 

@@ -332,7 +332,7 @@ class MapStore:
                         continue
                     iy = int(drow.name)
                     for f in os.scandir(drow.path):
-                        if not f.name.isdigit():  # skips orphaned *.partial files
+                        if not f.name.isdigit():  # skips orphaned *.partial files (as _status_chunk_key does)
                             continue
                         try:
                             with open(f.path, "rb") as fh:
@@ -362,15 +362,8 @@ class MapStore:
                 out[key] = b[0]
             return out
         except Exception as e:  # anything unexpected: the slow, sure path
-            _log.debug(f"states() fell back to self._states_via_zarr(): {type(e).__name__}: {e}")
+            _log.debug(f"states() fell back to zarr reads: {type(e).__name__}: {e}")
             return self._states_via_zarr()
-
-
-    def _status_chunk_key(rel: str) -> tuple[int, int] | None:
-        parts = rel.split("/")
-        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-            return int(parts[0]), int(parts[1])
-        return None
 
     def _states_via_zarr(self) -> np.ndarray:
         """``states()`` through zarr: one codec-pipeline read per tile that has a state (the sure, slow path)."""
@@ -391,12 +384,8 @@ class MapStore:
         async def _list():
             return [k async for k in store.list_prefix(prefix)]
 
-        out = []
-        for k in sync(_list()):
-            parts = k[len(prefix):].split("/")
-            if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():  # skips orphaned *.partial files
-                out.append((int(parts[0]), int(parts[1])))
-        return out
+        keys = (_status_chunk_key(k[len(prefix):]) for k in sync(_list()))
+        return [k for k in keys if k is not None]
 
     def plans(self) -> list:
         from .plan import Plan

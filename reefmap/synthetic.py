@@ -41,7 +41,7 @@ from numba import njit
 from .classes import CLOUD, DEEP_WATER, LAND, NODATA, REEF, SHALLOW
 from .errors import InvalidParameter
 from .grid import GeoBox, Shape, Window
-from .sources.base import ReaderBase, reader_to_dataarray, register_reader
+from .sources.base import ReaderBase, block_window, reader_to_dataarray, register_reader
 
 # -- colours measured on the real Bahamas scene (RGB.byte.tif) by pipelines/measure_bahamas_colours.py ----------
 #: population → (mean R, G, B; 3x3 covariance)
@@ -894,8 +894,7 @@ def synthetic_mosaic(size_or_shape: int | tuple[int, int] = 2048, seed: int = 0,
 
 
 def _truth_block(reader: SyntheticReader, cy: int, cx: int, block_id=None):
-    (iy, ix), shape = block_id, reader.geobox.shape  # block_id, unlike block_info, costs nothing per block
-    return reader.truth(Window(iy * cy, min((iy + 1) * cy, shape.y), ix * cx, min((ix + 1) * cx, shape.x)))
+    return reader.truth(block_window(reader.geobox, cy, cx, *block_id))
 
 
 def synthetic_truth(size_or_shape: int | tuple[int, int] = 2048, seed: int = 0, *, world: SyntheticWorld | None = None,

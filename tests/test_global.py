@@ -304,7 +304,7 @@ def test_config_errors(tmp_path, monkeypatch):
 
 
 def _plan_cli(*args, env=None):  # noqa: D103 - runs `reefmap plan` in a fresh interpreter, reports torch imports
-    code = ("import sys, json; from reefmap.cli_global import main; rc = main(sys.argv[1:]); "
+    code = ("import sys, json; from reefmap.cli import main; rc = main(sys.argv[1:]); "
             "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
             "print('TORCH-IMPORTED' if bad else 'NO-TORCH', file=sys.stderr); sys.exit(rc)")
     base = {k: v for k, v in os.environ.items() if k != "REEFMAP_MASK"}

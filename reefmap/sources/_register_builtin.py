@@ -9,9 +9,4 @@ for _mod in (
     "reefmap.sources.geotiff",
     "reefmap.sources.stac",
 ):
-    try:
-        import_module(_mod)
-    except ModuleNotFoundError as _e:
-        # reefmap.synthetic is optional here (it may not be installed/written yet); every other module must import
-        if _mod != "reefmap.synthetic" or _e.name != _mod:
-            raise
+    import_module(_mod)

@@ -122,12 +122,18 @@ class ReaderBase:
         raise NotImplementedError
 
 
+def block_window(geobox: GeoBox, cy: int, cx: int, iy: int, ix: int) -> Window:
+    """The pixels of chunk ``(iy, ix)`` of a regular ``(cy, cx)`` chunking of ``geobox`` (edge chunks shorter).
+
+    From dask's ``block_id``, which costs O(1) per graph, unlike ``block_info``, which dask materialises for
+    every block."""
+    h, w = geobox.shape.y, geobox.shape.x
+    return Window(iy * cy, min((iy + 1) * cy, h), ix * cx, min((ix + 1) * cx, w))
+
+
 def _read_block(reader: Reader, cy: int, cx: int, block_id=None):
-    """Chunk ``block_id`` of a regular ``(cy, cx)`` chunking (``block_id`` costs O(1) per graph, unlike
-    ``block_info``, which dask materialises for every block)."""
-    _, i, j = block_id
-    h, w = reader.geobox.shape.y, reader.geobox.shape.x
-    return reader.read(Window(i * cy, min((i + 1) * cy, h), j * cx, min((j + 1) * cx, w)))
+    _, iy, ix = block_id
+    return reader.read(block_window(reader.geobox, cy, cx, iy, ix))
 
 
 #: axes longer than this get lazy ``RangeIndex`` coordinates (a global grid's would take a gigabyte each)
