@@ -1,7 +1,7 @@
 """Scheduler overhead per tile: the local SLURM cluster vs a LocalCluster with the same workers (N x 1 thread).
 
 Both clusters run the same reefmap tile plan (a textured mosaic in a Zarr store → a fresh Zarr map each time, screen
-off so that every tile runs the model) through ``reefmap.runner.execute``. Per tile it compares
+off so that every tile runs the model) through ``reefmap.execute.runner.execute``. Per tile it compares
 
 - compute: ``TileOutcome.seconds``, measured inside the task (open reader, read with halo, predict, write, mark);
 - wall per tile, from the client: ``workers x wall / tiles`` (each worker runs one tile at a time), where wall is
@@ -54,7 +54,7 @@ def textured(shape, seed=0):
 def write_mosaic(path: Path, size: int, tile: int) -> None:
     from affine import Affine
 
-    from reefmap.grid import GeoBox, Shape
+    from reefmap.geometry.grid import GeoBox, Shape
     from reefmap.sources import memory_reader
     from reefmap.sources.base import reader_to_dataarray
 
@@ -70,14 +70,14 @@ def write_mosaic(path: Path, size: int, tile: int) -> None:
 
 def bundle_path(work: Path) -> tuple[str, str]:
     """The demo bundle if present, else a random-weights one of the demo's architecture (tiny_unet b8 l2)."""
-    from reefmap.model import DEMO_BUNDLE
+    from reefmap.model.segmenter import DEMO_BUNDLE
 
     if (DEMO_BUNDLE / "bundle.json").exists():
         return str(DEMO_BUNDLE), "demo bundle"
     import torch
 
     from reefmap.classes import CLASS_NAMES
-    from reefmap.model import build_network, receptive_radius, save_bundle
+    from reefmap.model.segmenter import build_network, receptive_radius, save_bundle
 
     path = work / "random-b8-l2"
     if not (path / "bundle.json").exists():
@@ -96,7 +96,7 @@ def bundle_path(work: Path) -> tuple[str, str]:
 
 
 def _warm(job, tasks) -> float:  # runs on a worker: imports, model load, first forward of this tile shape
-    from reefmap.infer import run_tiles
+    from reefmap.compute.tiles import run_tiles
 
     t = time.perf_counter()
     run_tiles(job, tasks)
@@ -107,7 +107,7 @@ def measure(client, mosaic, bundle: str, work: Path, name: str, tile: int) -> di
     """Warm every worker on a throw-away store, then time one execute() of the whole plan into a fresh store."""
     from distributed import get_task_stream
 
-    from reefmap.runner import execute, prepare
+    from reefmap.execute.runner import execute, prepare
 
     workers = sorted(client.scheduler_info()["workers"])
     warm_out = work / f"{name}-warm.zarr"
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
 
     os.environ["REEFMAP_INFERENCE_THREADS"] = "1"  # LocalCluster workers inherit it; one torch thread per worker
     os.environ["OMP_NUM_THREADS"] = "1"
-    from reefmap import cluster
+    from reefmap.cluster import launcher as cluster
     from reefmap.sources import open_mosaic
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="reefmap-bench-cluster-"))

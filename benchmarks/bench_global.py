@@ -4,7 +4,7 @@ Prints:
 1. planning the full ±30° zoom-15 quad grid (737,280 quads) with the Natural Earth reef-line mask (and the
    0.05° shallow-tropical raster): seconds, peak memory of a fresh process (ru_maxrss; tracemalloc for Python
    allocations), tiles that survive. Targets: < 10 s and < 1 GB on one core.
-2. progress at global scale: ``reefmap.progress.status`` (and MapStore.states(), and the progress PNG) on
+2. progress at global scale: ``reefmap.store.status.status`` (and MapStore.states(), and the progress PNG) on
    a store with the 737k-quad grid and N tiles with a state (tile_status chunks written directly, no model).
 3. a simulated global run: pipelines/configs/caribbean-demo.yaml (the same quad tiles at zoom 10, 128 px, the
    reef-line mask keeping 242 tiles around the Caribbean) on the lazy synthetic world, through
@@ -37,8 +37,8 @@ _PLAN_CHILD = r"""
 import json, resource, sys, time, tracemalloc
 t0 = time.perf_counter()
 tracemalloc.start()
-from reefmap.gridspec import GlobalRunConfig
-from reefmap.batch import plan_global
+from reefmap.geometry.webmercator import GlobalRunConfig
+from reefmap.execute.batch import plan_global
 cfg = GlobalRunConfig.from_yaml(sys.argv[1], mask=sys.argv[2] if len(sys.argv) > 2 else None,
                                 buffer_km=float(sys.argv[3]) if len(sys.argv) > 3 else None)
 t1 = time.perf_counter()
@@ -77,11 +77,11 @@ def bench_planning() -> None:
 
 
 def bench_status(work: Path, counts: list[int]) -> None:
-    from reefmap.gridspec import web_mercator_quads
-    from reefmap.plan import Plan
-    from reefmap.progress import status
-    from reefmap.progress_map import progress_png
-    from reefmap.store import MapStore
+    from reefmap.geometry.webmercator import web_mercator_quads
+    from reefmap.planning.plan import Plan
+    from reefmap.store.status import status
+    from reefmap.viz.progress_map import progress_png
+    from reefmap.store.mapstore import MapStore
 
     print("\n## 2. progress at global scale (737,280-quad zoom-15 grid)")
     grid = web_mercator_quads(15, 4096)
@@ -115,7 +115,7 @@ def bench_status(work: Path, counts: list[int]) -> None:
         t = time.perf_counter()
         info = progress_png(str(path), work / f"progress-{n}.png")
         t_png = time.perf_counter() - t
-        print(f"  {n:6d} tiles with a state: reefmap.progress.status {t_status:6.2f} s · MapStore.states() "
+        print(f"  {n:6d} tiles with a state: reefmap.store.status.status {t_status:6.2f} s · MapStore.states() "
               f"{t_fast:5.2f} s · progress PNG {t_png:5.2f} s ({info.width}x{info.height}, coastline "
               f"{'yes' if info.coastline and not info.coastline.startswith('skipped') else 'no'}) · "
               f"(store created in {t_create:.1f} s, states written in {t_write:.1f} s)")
@@ -125,7 +125,7 @@ def _random_bundle(path: Path) -> str:
     code = (
         "import sys, torch\n"
         "from reefmap.classes import CLASS_NAMES\n"
-        "from reefmap.model import build_network, receptive_radius, save_bundle\n"
+        "from reefmap.model.segmenter import build_network, receptive_radius, save_bundle\n"
         "torch.manual_seed(1)\n"
         "arch = {'name': 'tiny_unet', 'in_channels': 3, 'classes': len(CLASS_NAMES), 'base': 8, 'levels': 2}\n"
         "net = build_network(arch)\n"
@@ -147,7 +147,7 @@ def _run_job(cfg: str, out: Path, model: str, workers: int, mif: int, summary: P
 
 
 def _finished(out: Path) -> int:
-    from reefmap.store import MapStore
+    from reefmap.store.mapstore import MapStore
 
     try:
         return int(np.isin(MapStore(out).states(), [1, 2, 3, 4]).sum())
@@ -191,7 +191,7 @@ def bench_run(work: Path, model: str | None, workers: int, mif: int, kill_at: fl
     p.wait()
     time.sleep(1.0)
     finished_at_kill = _finished(out2)
-    from reefmap.store import MapStore
+    from reefmap.store.mapstore import MapStore
 
     states = MapStore(out2).states()
     planned = MapStore(out2).planned()

@@ -40,13 +40,13 @@ def main(argv=None) -> int:
 
     import torch
 
-    from reefmap.infer import TileJob, run_tiles
-    from reefmap.model import load_model, read_bundle
-    from reefmap.plan import plan_tiles
-    from reefmap.runner import run
+    from reefmap.compute.tiles import TileJob, run_tiles
+    from reefmap.model.segmenter import load_model, read_bundle
+    from reefmap.planning.plan import plan_tiles
+    from reefmap.execute.runner import run
     from reefmap.sources import open_mosaic
-    from reefmap.store import MapStore, TileState
-    from reefmap.synthetic import synthetic_mosaic
+    from reefmap.store.mapstore import MapStore, TileState
+    from reefmap.synthetic.world import synthetic_mosaic
 
     threads = a.workers
     torch.set_num_threads(threads)
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         s = run(mosaic, None, out, tile=tile, screen=screen, client=client, workers=a.workers, progress=False)
         return s, time.perf_counter() - t
 
-    from reefmap.cluster_local import local_client
+    from reefmap.cluster.local import local_client
 
     os.environ["REEFMAP_INFERENCE_THREADS"] = "1"  # workers inherit it: workers x 1 thread = the bare model's threads
     with local_client(a.workers) as client:
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
 
     # 4. per-tile cost of a skipped empty tile vs an inferred tile (same reader, model and store): three tile
     # rows, the first two empty (so the first tile's halo'd window is all nodata), the third full of mosaic
-    from reefmap.grid import GeoBox, Shape
+    from reefmap.geometry.grid import GeoBox, Shape
     from reefmap.sources import memory_reader
 
     g = GeoBox(Shape(tile * 3, tile * 2), mosaic.rio.transform(), str(mosaic.rio.crs))

@@ -57,10 +57,10 @@ def tile_pixels(win) -> tuple[np.ndarray, np.ndarray]:
 def build(path: str) -> None:
     from affine import Affine
 
-    from reefmap.grid import GeoBox, Shape, TileGrid, TileIndex
-    from reefmap.kernels import encode_constant
-    from reefmap.overviews import build_overviews
-    from reefmap.store import MapStore, TileState
+    from reefmap.geometry.grid import GeoBox, Shape, TileGrid, TileIndex
+    from reefmap.compute.kernels import encode_constant
+    from reefmap.products.overviews import build_overviews
+    from reefmap.store.mapstore import MapStore, TileState
 
     t0 = time.perf_counter()
     gb = GeoBox(Shape(SIZE, SIZE), Affine(RES, 0, WEST, 0, -RES, NORTH), "EPSG:4326")
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     import dask
     import xarray as xr
 
-    from reefmap.regions import query
+    from reefmap.products.query import query
 
     path = os.path.abspath(a.store)
     if a.rebuild and os.path.exists(path):

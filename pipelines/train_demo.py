@@ -7,8 +7,8 @@ The result is trained on synthetic data only: it demonstrates the pipeline, it i
 
 import argparse
 
-from reefmap.model import DEMO_BUNDLE
-from reefmap.train import TrainConfig, train_bundle
+from reefmap.model.segmenter import DEMO_BUNDLE
+from reefmap.model.train import TrainConfig, train_bundle
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -9,14 +9,14 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "open_mosaic": "reefmap.sources",
-    "load_model": "reefmap.model",
-    "segment": "reefmap.infer",
-    "run": "reefmap.runner",
-    "plan_tiles": "reefmap.plan",
-    "open_map": "reefmap.regions",
-    "query": "reefmap.regions",
-    "synthetic_mosaic": "reefmap.synthetic",
-    "status": "reefmap.progress",
+    "load_model": "reefmap.model.segmenter",
+    "segment": "reefmap.compute.tiles",
+    "run": "reefmap.execute.runner",
+    "plan_tiles": "reefmap.planning.plan",
+    "open_map": "reefmap.products.query",
+    "query": "reefmap.products.query",
+    "synthetic_mosaic": "reefmap.synthetic.world",
+    "status": "reefmap.store.status",
 }
 
 __all__ = ["__version__", *_LAZY]

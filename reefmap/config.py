@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .errors import InvalidParameter
-from .grid import BBox
+from reefmap.errors import InvalidParameter
+from reefmap.geometry.grid import BBox
 
 
 @dataclass(frozen=True)

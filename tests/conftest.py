@@ -29,7 +29,7 @@ def random_bundle(tmp_path_factory):
     import torch
 
     from reefmap.classes import CLASS_NAMES
-    from reefmap.model import build_network, receptive_radius, save_bundle
+    from reefmap.model.segmenter import build_network, receptive_radius, save_bundle
 
     torch.manual_seed(1)
     arch = {"name": "tiny_unet", "in_channels": 3, "classes": len(CLASS_NAMES), "base": 4, "levels": 2}
@@ -70,7 +70,7 @@ def memory_mosaic():
     """An in-memory 3-band mosaic on a UTM grid with a nodata corner; returns (DataArray, numpy array)."""
     from affine import Affine
 
-    from reefmap.grid import GeoBox, Shape
+    from reefmap.geometry.grid import GeoBox, Shape
     from reefmap.sources import memory_reader
     from reefmap.sources.base import reader_to_dataarray
 
@@ -86,7 +86,7 @@ def zarr_mosaic(tmp_path):
     """The same kind of mosaic written to a Zarr store on disk (readable from worker processes)."""
     from affine import Affine
 
-    from reefmap.grid import GeoBox, Shape
+    from reefmap.geometry.grid import GeoBox, Shape
     from reefmap.sources import memory_reader, open_mosaic
     from reefmap.sources.base import reader_to_dataarray
 

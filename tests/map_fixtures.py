@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from reefmap.grid import TileGrid
-from reefmap.store import MapStore, TileState
+from reefmap.geometry.grid import TileGrid
+from reefmap.store.mapstore import MapStore, TileState
 
 
 def patterns(shape):

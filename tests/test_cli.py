@@ -12,7 +12,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from conftest import textured
-from reefmap.cli import main
+from reefmap.cli.main import main
 
 
 def write_tif(path, arr, transform, crs="EPSG:32618", nodata=0, block=128):
@@ -121,7 +121,7 @@ def test_yaml_config_run_and_refusal_of_another_models_store(tif, random_bundle,
     code, _, err = run_cli(capsys, "run", cfg)
     assert code == 0, err
     before = zarr.open_group(str(tmp_path / "map.zarr"), mode="r")["reef_probability"][:]
-    from reefmap.model import DEMO_BUNDLE
+    from reefmap.model.segmenter import DEMO_BUNDLE
 
     code, _, err = run_cli(capsys, "run", cfg, "--model", DEMO_BUNDLE)  # another model
     assert code == 2 and "refusing to mix" in err
@@ -129,6 +129,6 @@ def test_yaml_config_run_and_refusal_of_another_models_store(tif, random_bundle,
 
 
 def test_cli_entry_point_prints_no_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "reefmap.cli", "status", str(tmp_path / "none.zarr")],
+    r = subprocess.run([sys.executable, "-m", "reefmap.cli.main", "status", str(tmp_path / "none.zarr")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "not a reefmap map" in r.stderr

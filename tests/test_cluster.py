@@ -1,4 +1,4 @@
-"""reefmap.cluster: profiles as data, merging, job scripts, errors; LocalCluster; real SLURM (marker ``slurm``)."""
+"""reefmap.cluster.launcher: profiles as data, merging, job scripts, errors; LocalCluster; real SLURM (marker ``slurm``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import dask
 import pytest
 import yaml
 
-from reefmap import cluster
+from reefmap.cluster import launcher as cluster
 from reefmap.errors import ClusterError, InvalidParameter
 from slurm_fixtures import slurm, slurm_overrides, squeue, wait_until  # noqa: F401  (fixtures + helpers)
 
@@ -105,7 +105,7 @@ def test_precedence_override_then_profile_then_dask_config():
 
 def test_jobqueue_defaults_survive_a_config_block_in_a_fresh_process():
     # dask.config.set() entered before dask_jobqueue's first import removes its defaults on exit
-    code = ("import dask, reefmap.cluster as c\n"
+    code = ("import dask, reefmap.cluster.launcher as c\n"
             "with dask.config.set({'jobqueue.slurm.queue': 'q'}):\n"
             "    assert c.cluster_kwargs('slurm-cpu')['queue'] == 'q'\n"
             "print('#SBATCH -J reefmap-cpu' in c.job_script('slurm-cpu', log_directory='/tmp'))")  # fmt: skip
@@ -152,7 +152,7 @@ def test_gpu_job_script(tmp_path):
     for needle in ["#SBATCH --gres=gpu:1", "#SBATCH -t 04:00:00", "#SBATCH --cpus-per-task=8", "#SBATCH -J reefmap-gpu",
                    f"#SBATCH -e {tmp_path}/reefmap-gpu-%J.err", "source /path/to/reefmap/.venv/bin/activate",
                    "export REEFMAP_INFERENCE_THREADS=1", "--lifetime 225m", "--lifetime-stagger 5m",
-                   "--resources GPU=1", "--preload-nanny reefmap.nanny", "--nthreads 8", "--local-directory ${TMPDIR:-/tmp}"]:  # fmt: skip
+                   "--resources GPU=1", "--preload-nanny reefmap.cluster.nanny", "--nthreads 8", "--local-directory ${TMPDIR:-/tmp}"]:  # fmt: skip
         assert needle in script, needle
     assert "#SBATCH -p" not in script and "#SBATCH -A" not in script  # placeholders left null
     lines = script.splitlines()
@@ -293,7 +293,7 @@ def test_require_gpu_raises_without_a_gpu(monkeypatch):
 
 
 def test_planning_imports_stay_light():
-    code = ("import sys, reefmap.cluster as c; c.profile_names(); c.load_profile('slurm-gpu'); c.cluster_kwargs('local');"
+    code = ("import sys, reefmap.cluster.launcher as c; c.profile_names(); c.load_profile('slurm-gpu'); c.cluster_kwargs('local');"
             "heavy = [m for m in ('torch', 'dask_jobqueue', 'distributed') if m in sys.modules]; print(heavy)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -414,7 +414,7 @@ def test_local_workers_start_without_dasks_malloc_trim_threshold():
 
     from distributed import Client, LocalCluster
 
-    from reefmap.cluster_local import local_client
+    from reefmap.cluster.local import local_client
 
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.CRITICAL) as lc, \
             Client(lc) as c:  # control: dask's own default reaches the worker
@@ -433,7 +433,7 @@ def test_connected_workers_asks_the_scheduler_not_the_clients_cache():
 
     from distributed import Client, LocalCluster
 
-    from reefmap.cluster_local import connected_workers
+    from reefmap.cluster.local import connected_workers
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0",
                       silence_logs=logging.CRITICAL) as lc, Client(lc) as c:

@@ -13,11 +13,11 @@ import xarray as xr
 from affine import Affine
 
 from reefmap.errors import BBoxError, InvalidParameter, NotAReefmapStore, ReefmapError
-from reefmap.export import OutputExists, UnsupportedFormat, export, validate_cog
-from reefmap.grid import GeoBox, Shape, TileGrid
-from reefmap.regions import UNFINISHED, UnknownLayer, query
+from reefmap.products.export import OutputExists, UnsupportedFormat, export, validate_cog
+from reefmap.geometry.grid import GeoBox, Shape, TileGrid
+from reefmap.products.query import UNFINISHED, UnknownLayer, query
 from map_fixtures import patterns, write_map
-from reefmap.store import TileState
+from reefmap.store.mapstore import TileState
 
 P, D = TileState.PENDING, TileState.DONE
 GB = GeoBox(Shape(700, 900), Affine(30.0, 0, 300000.0, 0, -30.0, 2600000.0), "EPSG:32618")
@@ -42,7 +42,7 @@ SMALL = (-76.9, 23.42, -76.83, 23.47)  # a part of it, with the pending tile (1,
 
 def cli(argv):
     """The subcommands through a tiny local parser, as the main CLI runs them."""
-    from reefmap.cli_query import add_commands
+    from reefmap.cli.query_cmds import add_commands
 
     p = argparse.ArgumentParser(prog="reefmap")
     add_commands(p.add_subparsers(dest="cmd", required=True))
@@ -196,11 +196,11 @@ def test_cli_query(utm_map, tmp_path, capsys):
 
 
 def test_main_cli_prints_one_line_errors(utm_map, tmp_path, capsys):
-    """Through reefmap.cli.main once the lead registers the subcommands (skipped until then)."""
-    from reefmap import cli as main_cli
+    """Through reefmap.cli.main.main once the lead registers the subcommands (skipped until then)."""
+    from reefmap.cli import main as main_cli
 
     if "query" not in main_cli.build_parser()._subparsers._group_actions[0].choices:
-        pytest.skip("reefmap.cli does not register cli_query.add_commands yet")
+        pytest.skip("reefmap.cli.main does not register cli_query.add_commands yet")
     url, *_ = utm_map
     assert main_cli.main(["query", url, "--bbox=0,5,1,2", "--out", str(tmp_path / "b.tif")]) == 2
     err = capsys.readouterr().err

@@ -18,8 +18,8 @@ import pytest
 
 from conftest import REPO, shared_data
 from reefmap.errors import InvalidParameter, ReefmapError
-from reefmap.grid import TileGrid, TileIndex
-from reefmap.gridspec import (WEB_MERCATOR_HALF, GlobalRunConfig, grid_from_config, quad_lattice, tile_geobox,
+from reefmap.geometry.grid import TileGrid, TileIndex
+from reefmap.geometry.webmercator import (WEB_MERCATOR_HALF, GlobalRunConfig, grid_from_config, quad_lattice, tile_geobox,
                               tile_of_lonlat, web_mercator_quads)
 
 REEFS = ("natural-earth", "ne_10m_reefs.json")
@@ -106,7 +106,7 @@ def z15():
 
 @pytest.fixture(scope="module")
 def reef_mask(z15):
-    from reefmap.masks import tile_mask
+    from reefmap.planning.masks import tile_mask
 
     return tile_mask(z15, shared_data(*REEFS), buffer_km=10, info=True)
 
@@ -124,7 +124,7 @@ def test_reef_line_mask_keeps_reefs_drops_desert_and_open_ocean(z15, reef_mask):
 
 
 def test_reef_line_mask_is_stable_and_grows_with_the_buffer(z15, reef_mask):
-    from reefmap.masks import tile_mask
+    from reefmap.planning.masks import tile_mask
 
     again = tile_mask(z15, shared_data(*REEFS), buffer_km=10)
     assert np.array_equal(again, reef_mask[0])
@@ -146,8 +146,8 @@ def _point_geojson(path, lon, lat, crs_member=None):
 @pytest.mark.parametrize("lat", [0.0, 28.0])
 def test_buffer_is_ground_kilometres_at_any_latitude(tmp_path, lat):
     """30 km around a point spans 30 / cos(lat) Mercator km: count 1-km Mercator tiles across it."""
-    from reefmap.gridspec import mercator_y
-    from reefmap.masks import tile_mask
+    from reefmap.geometry.webmercator import mercator_y
+    from reefmap.planning.masks import tile_mask
 
     y = mercator_y(lat)
     grid = grid_from_config({"crs": "EPSG:3857", "resolution": 1000, "tile": 1,
@@ -159,7 +159,7 @@ def test_buffer_is_ground_kilometres_at_any_latitude(tmp_path, lat):
 
 
 def test_buffer_wraps_across_the_antimeridian(tmp_path, z15):
-    from reefmap.masks import tile_mask
+    from reefmap.planning.masks import tile_mask
 
     m = tile_mask(z15, _point_geojson(tmp_path / "fiji.json", 179.98, -17.0), buffer_km=20)
     row = tile_of_lonlat(z15, 179.98, -17.0).iy
@@ -167,7 +167,7 @@ def test_buffer_wraps_across_the_antimeridian(tmp_path, z15):
 
 
 def test_raster_masks(z15, reef_mask):
-    from reefmap.masks import tile_mask
+    from reefmap.planning.masks import tile_mask
 
     shallow, info = tile_mask(z15, shared_data("masks", "ne_shallow_tropical_0p05deg.tif"), info=True)
     assert info.kind == "raster" and info.crs == "EPSG:4326"
@@ -183,7 +183,7 @@ def test_masks_in_another_crs_are_reprojected(tmp_path, z15, reef_mask):
     from pyproj import Transformer
     from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-    from reefmap.masks import tile_mask
+    from reefmap.planning.masks import tile_mask
 
     # GeoJSON in EPSG:3857 with the legacy crs member, and the same without it plus mask_crs
     doc = json.loads(shared_data(*REEFS).read_text())
@@ -224,7 +224,7 @@ def test_masks_in_another_crs_are_reprojected(tmp_path, z15, reef_mask):
 
 
 def test_bad_masks_say_which_file_and_what_to_do(tmp_path, z15):
-    from reefmap.masks import MaskError, MaskNotFound, tile_mask
+    from reefmap.planning.masks import MaskError, MaskNotFound, tile_mask
 
     missing = tmp_path / "nope.json"
     with pytest.raises(MaskNotFound, match="nope.json.*--mask") as e:
@@ -304,7 +304,7 @@ def test_config_errors(tmp_path, monkeypatch):
 
 
 def _plan_cli(*args, env=None):  # noqa: D103 - runs `reefmap plan` in a fresh interpreter, reports torch imports
-    code = ("import sys, json; from reefmap.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import sys, json; from reefmap.cli.main import main; rc = main(sys.argv[1:]); "
             "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
             "print('TORCH-IMPORTED' if bad else 'NO-TORCH', file=sys.stderr); sys.exit(rc)")
     base = {k: v for k, v in os.environ.items() if k != "REEFMAP_MASK"}
@@ -331,14 +331,14 @@ def test_plan_command_json_and_text_without_torch(tmp_path):
 
 
 def test_reefmap_cli_plan_and_status_map_when_wired(tmp_path, capsys, monkeypatch):
-    from reefmap import cli
+    from reefmap.cli import main as cli
 
     monkeypatch.delenv("REEFMAP_MASK", raising=False)
     parser = cli.build_parser()
     try:
         parser.parse_args(["plan", "x.yaml"])
     except SystemExit:
-        pytest.skip("`reefmap plan` is not wired into reefmap/cli.py yet (add_commands(sub) from reefmap.cli_global)")
+        pytest.skip("`reefmap plan` is not wired into reefmap/cli.py yet (add_commands(sub) from reefmap.cli.global_cmds)")
     shared_data(*REEFS)
     assert cli.main(["plan", str(CONFIGS / "caribbean-demo.yaml"), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
@@ -378,7 +378,7 @@ def _chunk_bytes(store_path: Path, name: str) -> dict[str, bytes]:
 def stopped_and_resumed(tmp_path_factory, random_bundle):
     """A simulated run over the Bahamas and Cuba (134 tiles of the 737k-tile grid), stopped after 40 tiles, then
     resumed. (The benchmark runs the wider Caribbean, 242 tiles; here the test budget rules.)"""
-    from reefmap.batch import run_batch
+    from reefmap.execute.batch import run_batch
 
     tmp = tmp_path_factory.mktemp("global")
     cfg = _sim_config(tmp, random_bundle, "resumed")
@@ -391,7 +391,7 @@ def stopped_and_resumed(tmp_path_factory, random_bundle):
             stop.set()
 
     first = run_batch(cfg, stop=stop, on_outcome=stop_after, order_seed=1)
-    from reefmap.store import MapStore
+    from reefmap.store.mapstore import MapStore
 
     finished_at_stop = int((MapStore(cfg.out).states() > 0).sum())
     second = run_batch(cfg, order_seed=2)
@@ -399,7 +399,7 @@ def stopped_and_resumed(tmp_path_factory, random_bundle):
 
 
 def test_simulated_global_run_stops_and_resumes(stopped_and_resumed):
-    from reefmap.progress import status
+    from reefmap.store.status import status
 
     cfg, first, finished_at_stop, second = stopped_and_resumed
     assert first.tiles_total == 737280 and 100 <= first.tiles_planned <= 200
@@ -419,7 +419,7 @@ def test_simulated_global_run_stops_and_resumes(stopped_and_resumed):
 
 
 def test_two_runs_on_one_store_at_once_give_the_same_map(tmp_path, random_bundle, stopped_and_resumed):
-    from reefmap.batch import run_batch
+    from reefmap.execute.batch import run_batch
 
     ref_cfg = stopped_and_resumed[0]
     cfg = _sim_config(tmp_path, random_bundle, "concurrent", block=32, buffer_km=10)  # 66 of the reference's tiles
@@ -446,8 +446,8 @@ def test_two_runs_on_one_store_at_once_give_the_same_map(tmp_path, random_bundle
 
 def test_global_run_sbatch_script_stops_on_sigusr1_and_resumes(tmp_path, random_bundle):
     """The sbatch script run by bash (as SLURM would): exec makes python the signalled process; profile local."""
-    from reefmap.batch import run_batch
-    from reefmap.store import MapStore
+    from reefmap.execute.batch import run_batch
+    from reefmap.store.mapstore import MapStore
 
     cfg = _sim_config(tmp_path, random_bundle, "sbatch", profile="local", max_in_flight=2, buffer_km=10)
     env = {**{k: v for k, v in os.environ.items() if k != "REEFMAP_MASK"}, "REEFMAP_VENV": str(Path(sys.executable).parents[1]),
@@ -485,8 +485,8 @@ def test_global_run_sbatch_script_stops_on_sigusr1_and_resumes(tmp_path, random_
 
 
 def test_run_progress_line():
-    from reefmap.batch import RunProgress
-    from reefmap.infer import TileOutcome
+    from reefmap.execute.batch import RunProgress
+    from reefmap.compute.tiles import TileOutcome
 
     now = [0.0]
     lines = []
@@ -506,8 +506,8 @@ def test_run_progress_line():
 # -- progress at global scale ----------------------------------------------------------------------------------
 def _store_with_states(path, grid, n, seed=0):
     """A map store on ``grid`` whose tile_status holds ``n`` random states, written as raw 1-byte chunks."""
-    from reefmap.plan import Plan
-    from reefmap.store import MapStore
+    from reefmap.planning.plan import Plan
+    from reefmap.store.mapstore import MapStore
 
     st = MapStore.create_or_open(path, grid, {"model": "none", "halo": 0}, {})
     rng = np.random.default_rng(seed)
@@ -538,7 +538,7 @@ def test_states_fast_path_matches_zarr_reads_on_a_global_grid(tmp_path):
 
 
 def test_states_fast_path_on_an_fsspec_store(monkeypatch):
-    from reefmap.store import MapStore, TileState
+    from reefmap.store.mapstore import MapStore, TileState
 
     st = MapStore.create_or_open("memory://reefmap-test-fast-states/m.zarr", web_mercator_quads(5, 256),
                                  {"model": "x", "halo": 0}, {})
@@ -554,7 +554,7 @@ def test_states_fast_path_on_an_fsspec_store(monkeypatch):
 def test_progress_png_draws_states_legend_and_coastline(tmp_path):
     from PIL import Image
 
-    from reefmap.progress_map import progress_png
+    from reefmap.viz.progress_map import progress_png
 
     grid = web_mercator_quads(11, 256)
     st, iy, ix, vals = _store_with_states(tmp_path / "m.zarr", grid, 500)
@@ -586,12 +586,12 @@ def test_status_and_map_never_import_torch(tmp_path):
     grid_store = tmp_path / "m.zarr"
     code = (
         "import sys\n"
-        "from reefmap.gridspec import web_mercator_quads\n"
-        "from reefmap.store import MapStore\n"
+        "from reefmap.geometry.webmercator import web_mercator_quads\n"
+        "from reefmap.store.mapstore import MapStore\n"
         f"st = MapStore.create_or_open({str(grid_store)!r}, web_mercator_quads(9, 64), {{'model': 'x', 'halo': 0}}, {{}})\n"
-        "from reefmap.progress import status\n"
-        "from reefmap.progress_map import progress_png\n"
-        "from reefmap.batch import plan_global\n"
+        "from reefmap.store.status import status\n"
+        "from reefmap.viz.progress_map import progress_png\n"
+        "from reefmap.execute.batch import plan_global\n"
         "status(st); st.states()\n"
         f"progress_png(st, {str(tmp_path / 'p.png')!r}, coastline=False)\n"
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
@@ -602,7 +602,7 @@ def test_status_and_map_never_import_torch(tmp_path):
 
 
 def test_real_mosaic_must_be_on_the_grid(tmp_path):
-    from reefmap.batch import open_global_mosaic
+    from reefmap.execute.batch import open_global_mosaic
 
     tif = shared_data("real", "RGB.byte.tif")
     p = tmp_path / "c.yaml"

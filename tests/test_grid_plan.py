@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reefmap.errors import BBoxError, InvalidParameter
-from reefmap.grid import BBox, GeoBox, Shape, TileGrid, Window
-from reefmap.plan import Plan, plan_tiles
+from reefmap.geometry.grid import BBox, GeoBox, Shape, TileGrid, Window
+from reefmap.planning.plan import Plan, plan_tiles
 
 UTM = GeoBox(Shape(700, 900), Affine(30.0, 0, 200000.0, 0, -30.0, 2700000.0), "EPSG:32618")
 

@@ -5,8 +5,8 @@ import pytest
 import xarray as xr
 
 from reefmap.errors import BandMismatch, InvalidParameter
-from reefmap.infer import predict_block, segment
-from reefmap.model import load_model
+from reefmap.compute.tiles import predict_block, segment
+from reefmap.model.segmenter import load_model
 
 
 def whole_image(arr, model, nodata=0):
@@ -61,7 +61,7 @@ def test_nan_and_out_of_range_pixels_become_nodata(random_bundle):
 
 
 def test_screen_skips_all_nodata_all_deep_and_all_land_blocks(random_bundle):
-    from reefmap.store import TileState
+    from reefmap.store.mapstore import TileState
 
     model = load_model(random_bundle)
     nod = np.zeros((3, 64, 64), np.uint8)
@@ -79,7 +79,7 @@ def test_screen_skips_all_nodata_all_deep_and_all_land_blocks(random_bundle):
 
 
 def test_batched_forward_equals_one_by_one(memory_mosaic, random_bundle):
-    from reefmap.infer import predict_blocks
+    from reefmap.compute.tiles import predict_blocks
 
     _, arr = memory_mosaic
     model = load_model(random_bundle)

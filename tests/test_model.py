@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from reefmap.errors import ModelError
-from reefmap.model import DEMO_BUNDLE, build_network, read_bundle, receptive_radius
+from reefmap.model.segmenter import DEMO_BUNDLE, build_network, read_bundle, receptive_radius
 
 
 def test_reading_a_bundle_and_planning_never_import_torch(random_bundle):
     code = (
         "import sys, reefmap\n"
-        "from reefmap.model import read_bundle\n"
-        "from reefmap.plan import plan_tiles\n"
-        "from reefmap.progress import status\n"
-        "import reefmap.cli, reefmap.runner\n"
+        "from reefmap.model.segmenter import read_bundle\n"
+        "from reefmap.planning.plan import plan_tiles\n"
+        "from reefmap.store.status import status\n"
+        "import reefmap.cli.main, reefmap.execute.runner\n"
         f"m = read_bundle({random_bundle.path!r})\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print(m.sha256)\n"

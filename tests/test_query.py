@@ -17,10 +17,10 @@ import xarray as xr
 from affine import Affine
 
 from reefmap.errors import BBoxError, NotAReefmapStore, ReefmapError
-from reefmap.grid import GeoBox, Shape, TileGrid, Window
-from reefmap.regions import OUTSIDE, UNFINISHED, GeometryError, UnknownLayer, open_map, query
+from reefmap.geometry.grid import GeoBox, Shape, TileGrid, Window
+from reefmap.products.query import OUTSIDE, UNFINISHED, GeometryError, UnknownLayer, open_map, query
 from map_fixtures import CountingReads, make_map
-from reefmap.store import TileState
+from reefmap.store.mapstore import TileState
 
 P, D, F = TileState.PENDING, TileState.DONE, TileState.FAILED
 
@@ -308,7 +308,7 @@ def test_a_small_box_reads_only_the_chunks_it_touches(tmp_path, monkeypatch):
 def test_query_of_a_map_made_by_run(random_bundle, tmp_path):
     import zarr
 
-    from reefmap.runner import run
+    from reefmap.execute.runner import run
     from reefmap.sources import memory_reader
 
     from conftest import textured
@@ -331,7 +331,7 @@ def test_query_of_a_map_made_by_run(random_bundle, tmp_path):
 
 
 def test_tile_states_read_directly_or_through_a_listing_agree(utm_map, monkeypatch):
-    from reefmap.regions import MapInfo, inspect_map
+    from reefmap.products.query import MapInfo, inspect_map
 
     store, prob, cls, states = utm_map
     mask = np.zeros(np.asarray(states).shape, bool)

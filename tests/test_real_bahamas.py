@@ -7,7 +7,7 @@ import xarray as xr
 import zarr
 
 from conftest import shared_data
-from reefmap.runner import run
+from reefmap.execute.runner import run
 from reefmap.sources import open_mosaic
 
 # (row slice, col slice) boxes of RGB.byte.tif pixels, read off the image (see the README's figure notes)

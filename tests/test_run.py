@@ -14,12 +14,12 @@ import xarray as xr
 import zarr
 
 from reefmap.errors import BandMismatch, InvalidParameter, NotAReefmapStore, StoreMismatch
-from reefmap.infer import segment
-from reefmap.model import load_model
-from reefmap.progress import status
-from reefmap.runner import execute, prepare, run
+from reefmap.compute.tiles import segment
+from reefmap.model.segmenter import load_model
+from reefmap.store.status import status
+from reefmap.execute.runner import execute, prepare, run
 from reefmap.sources import open_mosaic
-from reefmap.store import MapStore, TileState
+from reefmap.store.mapstore import MapStore, TileState
 
 
 def layers(path):
@@ -85,7 +85,7 @@ def test_bbox_run_plans_a_subset_and_status_counts_pending(zarr_mosaic, random_b
 def test_a_store_of_another_model_or_grid_is_refused_and_left_intact(zarr_mosaic, random_bundle, tmp_path):
     import torch
 
-    from reefmap.model import save_bundle
+    from reefmap.model.segmenter import save_bundle
 
     path, _ = zarr_mosaic
     mosaic = open_mosaic(str(path))
@@ -119,7 +119,7 @@ def test_band_count_and_halo_are_checked_before_anything_is_written(memory_mosai
     from reefmap.sources.base import reader_of
 
     two = memory_reader(np.zeros((2, 64, 64), np.uint8), reader_of(da).geobox.window(
-        __import__("reefmap.grid", fromlist=["Window"]).Window(0, 64, 0, 64)), nodata=0)
+        __import__("reefmap.geometry.grid", fromlist=["Window"]).Window(0, 64, 0, 64)), nodata=0)
     with pytest.raises(BandMismatch, match="has 2 bands"):
         run(two, random_bundle.path, tmp_path / "a.zarr", client=None, progress=False)
     with pytest.raises(InvalidParameter, match="receptive radius"):
@@ -151,7 +151,7 @@ def test_two_runs_racing_on_one_store_give_the_same_map(zarr_mosaic, random_bund
 @pytest.mark.slow
 def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_map(zarr_mosaic, random_bundle, tmp_path):
     path, _ = zarr_mosaic
-    cmd = [sys.executable, "-m", "reefmap.cli", "run", "--mosaic", str(path), "--model", random_bundle.path,
+    cmd = [sys.executable, "-m", "reefmap.cli.main", "run", "--mosaic", str(path), "--model", random_bundle.path,
            "--tile", "64", "--workers", "1"]
     ref = tmp_path / "ref.zarr"
     subprocess.run(cmd + ["--out", str(ref)], check=True, capture_output=True, timeout=300)
@@ -189,7 +189,7 @@ def test_a_stop_before_the_first_submit_computes_nothing(zarr_mosaic, random_bun
 
 def test_a_lost_task_fails_only_its_tiles_and_a_config_error_stops_the_run(zarr_mosaic, random_bundle, tmp_path,
                                                                            monkeypatch):
-    import reefmap.runner as run_mod
+    import reefmap.execute.runner as run_mod
 
     path, _ = zarr_mosaic
     plan, job, store = prepare(open_mosaic(str(path)), random_bundle.path, tmp_path / "m.zarr", tile=128)
@@ -249,8 +249,8 @@ def test_concurrent_plan_records_and_error_marks_never_remove_each_others_files(
 
     from affine import Affine
 
-    from reefmap.grid import GeoBox, Shape
-    from reefmap.plan import plan_tiles
+    from reefmap.geometry.grid import GeoBox, Shape
+    from reefmap.planning.plan import plan_tiles
 
     plan = plan_tiles(GeoBox(Shape(256, 256), Affine(10.0, 0, 0, 0, -10.0, 0), "EPSG:32618"), 64, 8)
     store = MapStore.create_or_open(tmp_path / "m.zarr", plan.grid, {"model": "x", "halo": 8}, {})

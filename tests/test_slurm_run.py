@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 
-from reefmap import cluster
-from reefmap.runner import execute, prepare, run
+from reefmap.cluster import launcher as cluster
+from reefmap.execute.runner import execute, prepare, run
 from reefmap.sources import open_mosaic
-from reefmap.store import FINISHED_STATES, TileState
+from reefmap.store.mapstore import FINISHED_STATES, TileState
 from slurm_fixtures import reap, slurm, slurm_overrides, squeue, wait_until  # noqa: F401  (fixtures + helpers)
 from test_run import layers
 
@@ -50,7 +50,7 @@ def _reference(mosaic, bundle, out, tile=TILE):
 
 def _warm_up(client, bundle) -> list:
     """Futures loading the model on every worker (torch's import is most of a cold worker's first tile)."""
-    from reefmap.model import load_model
+    from reefmap.model.segmenter import load_model
 
     return [client.submit(lambda p: load_model(p) and None, str(bundle.path), workers=[a], pure=False)
             for a in client.scheduler_info()["workers"]]  # fmt: skip

@@ -22,7 +22,7 @@ from rasterio.windows import Window as RioWindow
 
 import reefmap
 from reefmap.errors import CorruptSource, CRSMismatch, InvalidParameter, SourceError, SourceNotFound
-from reefmap.grid import GeoBox, Shape, Window
+from reefmap.geometry.grid import GeoBox, Shape, Window
 from reefmap.sources import open_mosaic, open_reader, open_source, reader_of
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

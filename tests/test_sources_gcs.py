@@ -21,7 +21,7 @@ import rasterio
 from affine import Affine
 
 from reefmap.errors import CorruptSource, SourceNotFound
-from reefmap.grid import Window
+from reefmap.geometry.grid import Window
 from reefmap.sources import open_mosaic, reader_of
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
@@ -132,7 +132,7 @@ def test_truncated_geotiff_on_gcs(gcs_fs, tmp_path):
 def test_credentials_reach_the_workers_but_never_the_maps_provenance(gcs_fs, tmp_path, random_bundle):
     import zarr
 
-    from reefmap.runner import run
+    from reefmap.execute.runner import run
     from reefmap.sources.base import public_spec
 
     fs, bucket = gcs_fs

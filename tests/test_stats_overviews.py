@@ -10,13 +10,13 @@ import pytest
 import xarray as xr
 from affine import Affine
 
-from reefmap.areas import area_model, stats
+from reefmap.products.stats import area_model, stats
 from reefmap.errors import InvalidParameter, NotAReefmapStore
-from reefmap.grid import GeoBox, Shape, TileGrid, TileIndex
-from reefmap.overviews import build_overviews
-from reefmap.regions import UNFINISHED, open_map, query
+from reefmap.geometry.grid import GeoBox, Shape, TileGrid, TileIndex
+from reefmap.products.overviews import build_overviews
+from reefmap.products.query import UNFINISHED, open_map, query
 from map_fixtures import CountingReads, write_map
-from reefmap.store import MapStore, TileState
+from reefmap.store.mapstore import MapStore, TileState
 
 P, D = TileState.PENDING, TileState.DONE
 
@@ -33,7 +33,7 @@ def geod_area(west, south, east, north, crs="EPSG:4326", n=1000):
 
 
 def cli(argv):
-    from reefmap.cli_query import add_commands
+    from reefmap.cli.query_cmds import add_commands
 
     p = argparse.ArgumentParser(prog="reefmap")
     add_commands(p.add_subparsers(dest="cmd", required=True))
@@ -193,7 +193,7 @@ def ov_map(tmp_path):
 
 
 def test_overviews_values_layout_and_root_untouched(ov_map, monkeypatch):
-    from reefmap.progress import status
+    from reefmap.store.status import status
 
     store, prob, cls, states = ov_map
     before = xr.open_zarr(store.url, consolidated=False).load()

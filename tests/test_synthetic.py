@@ -1,4 +1,4 @@
-"""reefmap.synthetic: determinism, window independence, geography, colours, laziness, specs and errors."""
+"""reefmap.synthetic.world: determinism, window independence, geography, colours, laziness, specs and errors."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from reefmap.classes import CLOUD, DEEP_WATER, LAND, NODATA, REEF, SHALLOW
 from reefmap.errors import InvalidParameter
-from reefmap.grid import GeoBox, Shape, Window
+from reefmap.geometry.grid import GeoBox, Shape, Window
 from reefmap.sources.base import open_reader, reader_of
-from reefmap.synthetic import (
+from reefmap.synthetic.world import (
     CLASS_MEANS,
     MEASURED,
     SyntheticReader,
@@ -321,7 +321,7 @@ def test_spec_round_trip_and_pickle_give_identical_pixels():
 
 
 def test_mosaic_and_truth_are_lazy_aligned_and_match_the_reader(monkeypatch):
-    import reefmap.synthetic as synthetic
+    import reefmap.synthetic.world as synthetic
 
     calls = []
     real_render = synthetic.render
@@ -382,9 +382,9 @@ def test_a_global_mosaic_builds_without_materialising_its_grid():
         resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
         from affine import Affine
         from xarray.indexes import RangeIndex
-        from reefmap.grid import GeoBox, Shape
-        from reefmap.synthetic import SyntheticReader, synthetic_mosaic, synthetic_truth
-        from reefmap.grid import Window
+        from reefmap.geometry.grid import GeoBox, Shape
+        from reefmap.synthetic.world import SyntheticReader, synthetic_mosaic, synthetic_truth
+        from reefmap.geometry.grid import Window
         g = GeoBox(Shape(2**27, 2**27), Affine(*{list(GLOBAL.transform)[:6]}), "EPSG:3857")
         m = synthetic_mosaic(geobox=g)
         t = synthetic_truth(geobox=g)

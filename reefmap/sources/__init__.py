@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import InvalidParameter, SourceNotFound
-from . import urls
-from .base import Reader, ReaderBase, open_reader, reader_of, reader_to_dataarray, register_reader
-from .memory import MemoryReader, memory_reader
+from reefmap.errors import InvalidParameter, SourceNotFound
+from reefmap.sources import urls
+from reefmap.sources.base import Reader, ReaderBase, open_reader, reader_of, reader_to_dataarray, register_reader
+from reefmap.sources.memory import MemoryReader, memory_reader
 
 __all__ = [
     "open_mosaic",
@@ -99,17 +99,17 @@ def open_source(source: Any, *, crs: Any = None, resolution: Any = None, variabl
         _check_no_reprojection(reader, crs, resolution, "an in-memory array")
         return reader
     if kind == "zarr":
-        from .zarr_source import ZarrReader
+        from reefmap.sources.zarr_source import ZarrReader
 
         reader = ZarrReader(source, variable=variable, storage_options=storage_options)
         _check_no_reprojection(reader, crs, resolution, f"Zarr store {reader.url}")
     elif kind == "geotiff":
-        from .geotiff import GeoTIFFMosaicReader
+        from reefmap.sources.geotiff import GeoTIFFMosaicReader
 
         paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
         reader = GeoTIFFMosaicReader(paths, crs=crs, resolution=resolution, storage_options=storage_options)
     else:  # stac
-        from .stac import StacReader
+        from reefmap.sources.stac import StacReader
 
         epsg = None
         if crs is not None:
@@ -129,7 +129,7 @@ def source_kind(source: Any, storage_options: dict | None = None) -> str:
         return "reader"
     if _is_dataarray(source):
         return "memory"
-    from .stac import is_stac_like  # light: pystac only
+    from reefmap.sources.stac import is_stac_like  # light: pystac only
 
     if is_stac_like(source):
         return "stac"
@@ -167,7 +167,7 @@ def _location_kind(source, storage_options) -> str:
 def _check_no_reprojection(reader, crs, resolution, what: str) -> None:
     g = reader.geobox
     if crs is not None:
-        from ..grid import _crs_string
+        from reefmap.geometry.grid import _crs_string
 
         if _crs_string(crs) != g.crs:
             raise InvalidParameter(
@@ -187,7 +187,7 @@ def _check_no_reprojection(reader, crs, resolution, what: str) -> None:
 def _adopt(reader: Reader) -> Reader:
     """Put a freshly made reader in ``open_reader``'s per-process cache, so that unpickling its spec in this
     process gives back this very reader (and the files it has open) instead of opening everything again."""
-    from . import base
+    from reefmap.sources import base
 
     key = base.spec_key(reader.spec())
     with base._LOCK:

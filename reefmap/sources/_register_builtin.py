@@ -3,7 +3,7 @@
 from importlib import import_module
 
 for _mod in (
-    "reefmap.synthetic",
+    "reefmap.synthetic.world",
     "reefmap.sources.memory",
     "reefmap.sources.zarr_source",
     "reefmap.sources.geotiff",

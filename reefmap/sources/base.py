@@ -17,8 +17,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import InvalidParameter
-from ..grid import GeoBox, Window
+from reefmap.errors import InvalidParameter
+from reefmap.geometry.grid import GeoBox, Window
 
 
 @runtime_checkable
@@ -79,7 +79,7 @@ def open_reader(spec: dict) -> Reader:
         return r
     kind = spec.get("kind")
     if kind not in _FACTORIES:
-        from . import _register_builtin  # noqa: F401  (import side effect: registers built-in kinds)
+        from reefmap.sources import _register_builtin  # noqa: F401  (import side effect: registers built-in kinds)
 
     if kind not in _FACTORIES:
         raise InvalidParameter(f"unknown mosaic source kind {kind!r}; known kinds: {sorted(_FACTORIES)}")

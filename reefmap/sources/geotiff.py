@@ -17,11 +17,11 @@ from typing import Any, Sequence
 import numpy as np
 from affine import Affine
 
-from ..errors import CorruptSource, CRSMismatch, InvalidParameter, SourceError, SourceNotFound
-from ..grid import GeoBox, Shape, Window, _crs_string
-from . import urls
-from .base import ReaderBase, register_reader
-from .memory import coerce_nodata
+from reefmap.errors import CorruptSource, CRSMismatch, InvalidParameter, SourceError, SourceNotFound
+from reefmap.geometry.grid import GeoBox, Shape, Window, _crs_string
+from reefmap.sources import urls
+from reefmap.sources.base import ReaderBase, register_reader
+from reefmap.sources.memory import coerce_nodata
 
 #: how far (in pixels) a file's origin may sit from the common pixel grid and still count as aligned
 ALIGN_TOL_PX = 1e-3

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidParameter, SourceError
-from ..grid import GeoBox, Shape, Window
-from .base import ReaderBase, register_reader
+from reefmap.errors import InvalidParameter, SourceError
+from reefmap.geometry.grid import GeoBox, Shape, Window
+from reefmap.sources.base import ReaderBase, register_reader
 
 _REGISTRY: dict[str, "MemoryReader"] = {}
 _REG_LOCK = threading.Lock()
@@ -105,7 +105,7 @@ def memory_reader(array, geobox: GeoBox | None = None, nodata: Any = "auto", ban
             "or pass an xarray.DataArray with a CRS (da.rio.write_crs(...))"
         )
     if not isinstance(geobox, GeoBox):
-        raise InvalidParameter(f"geobox must be a reefmap.grid.GeoBox, got {type(geobox).__name__}")
+        raise InvalidParameter(f"geobox must be a reefmap.geometry.grid.GeoBox, got {type(geobox).__name__}")
     if tuple(arr.shape[1:]) != tuple(geobox.shape):
         raise InvalidParameter(
             f"array of shape {tuple(arr.shape)} does not match the geobox's grid {tuple(geobox.shape)} (y, x)"

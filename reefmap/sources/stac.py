@@ -14,11 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import CorruptSource, CRSMismatch, InvalidParameter, SourceError, SourceNotFound
-from ..grid import GeoBox, Shape, Window
-from . import urls
-from .base import ReaderBase, register_reader
-from .memory import coerce_nodata
+from reefmap.errors import CorruptSource, CRSMismatch, InvalidParameter, SourceError, SourceNotFound
+from reefmap.geometry.grid import GeoBox, Shape, Window
+from reefmap.sources import urls
+from reefmap.sources.base import ReaderBase, register_reader
+from reefmap.sources.memory import coerce_nodata
 
 
 def is_stac_like(obj: Any) -> bool:

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
-from ..errors import CorruptSource, SourceError, SourceNotFound
-from ..grid import GeoBox, Shape, Window
-from . import urls
-from .base import ReaderBase, register_reader
-from .memory import coerce_nodata
+from reefmap.errors import CorruptSource, SourceError, SourceNotFound
+from reefmap.geometry.grid import GeoBox, Shape, Window
+from reefmap.sources import urls
+from reefmap.sources.base import ReaderBase, register_reader
+from reefmap.sources.memory import coerce_nodata
 
 DIMS = ("band", "y", "x")
 

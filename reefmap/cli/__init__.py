@@ -1,0 +1,1 @@
+"""The command line: it only wires library calls together."""

@@ -1,0 +1,3 @@
+from reefmap.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""The ``reefmap`` command line: argument parsing and printing only; every step is a library call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from reefmap.errors import ReefmapError, TileFailures
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="a YAML run config (keys as the flags); flags override it")
+    p.add_argument("--mosaic", action="append", help="input mosaic: path or URL (Zarr, GeoTIFF/COG); repeat for several files")
+    p.add_argument("--model", help="model bundle directory (default: the shipped demo bundle)")
+    p.add_argument("--out", help="output Zarr store (path or URL)")
+    p.add_argument("--bbox", help="lon/lat box W,S,E,N to map (default: the whole mosaic)")
+    p.add_argument("--tile", type=int, help="tile = Zarr chunk size in pixels (default 1024)")
+    p.add_argument("--halo", type=int, help="halo in pixels (default: what the model bundle needs)")
+    p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
+    p.add_argument("--crs", help="target CRS when mosaic files differ in CRS")
+    p.add_argument("--no-screen", dest="screen", action="store_false", default=None, help="infer every tile (no empty-tile screen)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def cmd_run(a) -> int:
+    from reefmap.execute import runner as runmod
+    from reefmap.config import RunConfig
+    from reefmap.sources import open_mosaic
+
+    over = {"mosaic": tuple(a.mosaic) if a.mosaic else None, "out": a.out, "model": a.model, "bbox": a.bbox,
+            "tile": a.tile, "halo": a.halo, "workers": a.workers, "crs": a.crs, "screen": a.screen}
+    cfg = RunConfig.from_yaml(a.config, **over) if a.config else RunConfig(**{k: v for k, v in over.items() if v is not None})
+    mosaic = open_mosaic(list(cfg.mosaic) if len(cfg.mosaic) > 1 else cfg.mosaic[0], crs=cfg.crs)
+    summary = runmod.run(mosaic, cfg.model, cfg.out, bbox=cfg.bbox, tile=cfg.tile, halo=cfg.halo, screen=cfg.screen,
+                         workers=cfg.workers, batch=cfg.batch, progress=not a.json, raise_on_failure=False)
+    print(runmod.summary_json(summary) if a.json else summary)
+    if summary.failed:
+        raise TileFailures(f"{summary.failed} tile(s) failed: " + "; ".join(
+            f"tile {k}: {v}" for k, v in list(summary.failures.items())[:5]) +
+            ". The other tiles are written; fix the input and re-run the same command to finish", summary.failures)
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from reefmap.cli.demo import run_demo
+
+    result = run_demo(a.out, size=a.size, workers=a.workers, seed=a.seed)
+    print(result["summary"])
+    print(f"map: {result['store']}\nquick-look: {result['png']}\nopen it: xr.open_zarr({result['store']!r})")
+    return 0
+
+
+def cmd_status(a) -> int:
+    from reefmap.store.status import format_status, status
+
+    s = status(a.store)
+    if a.map:
+        from reefmap.viz.progress_map import progress_png
+
+        s["map"] = str(progress_png(a.store, a.map))
+    print(json.dumps(s, indent=2) if a.json else format_status(s) + (f"\n  map: {s['map']}" if a.map else ""))
+    return 0
+
+
+def cmd_train(a) -> int:
+    from reefmap.model.train import TrainConfig, train_bundle
+
+    meta = train_bundle(a.out, TrainConfig(steps=a.steps, seed=a.seed))
+    print(f"wrote bundle {meta.path} ({meta.name}, sha256 {meta.sha256[:12]})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reefmap", description="Map coral reefs from satellite imagery into a Zarr store.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="map a synthetic mosaic on a LocalCluster (a few minutes)")
+    d.add_argument("--out", default=str(Path.cwd() / "out" / "demo"), help="output folder (default: ./out/demo)")
+    d.add_argument("--size", type=int, default=3072, help="mosaic size in pixels (square)")
+    d.add_argument("--workers", type=int, default=None)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(fn=cmd_demo)
+    r = sub.add_parser("run", help="map a mosaic into a Zarr store (resumes an existing one)")
+    _add_run_args(r)
+    r.set_defaults(fn=cmd_run)
+    s = sub.add_parser("status", help="tile counts of a map: planned, done, skipped, failed, pending")
+    s.add_argument("store")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--map", metavar="PNG", help="also draw a world map of tile states into this PNG")
+    s.set_defaults(fn=cmd_status)
+    t = sub.add_parser("train", help="train a model bundle on the synthetic reef world")
+    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=int, default=600)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(fn=cmd_train)
+    from reefmap.cli import global_cmds as cli_global
+    from reefmap.cli import query_cmds as cli_query
+
+    cli_global.add_commands(sub)  # plan
+    cli_query.add_commands(sub)  # query, stats, overviews
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.fn(a) or 0
+    except TileFailures as e:
+        print(f"reefmap: error: {e}", file=sys.stderr)
+        return 1
+    except ReefmapError as e:
+        if a.debug:
+            raise
+        print(f"reefmap: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reefmap: interrupted; re-run the same command to resume (finished tiles are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Per-tile compute: numba kernels, the read/predict/write steps, the map_overlap face."""

@@ -1,0 +1,252 @@
+"""Halo'd tiled inference: one block kernel, two faces.
+
+``predict_block`` turns a raw halo'd block into the encoded layers of its core (normalise → screen →
+model → encode). ``segment`` runs it lazily over any DataArray with ``map_overlap`` (for notebooks);
+``run_tiles`` is the per-tile task of the tile runner: it reads its own halo'd window, predicts, trims and
+writes. With ``halo >= the model's receptive radius`` both give the same pixels whatever the tile size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from reefmap.compute import kernels
+from reefmap.classes import DEEP_WATER, LAND
+from reefmap.errors import BandMismatch, InvalidParameter
+from reefmap.geometry.grid import Window
+from reefmap.store.mapstore import TileState
+
+#: screen box name → (tile state when every valid pixel is inside it, class code written)
+SCREEN_RULES = {"deep_water": (TileState.SKIPPED_DEEP_WATER, DEEP_WATER), "land": (TileState.SKIPPED_LAND, LAND)}
+
+
+def screen_block(block: np.ndarray, meta, nodata) -> tuple[TileState, int] | None:
+    """Cheap emptiness test of a raw block: all nodata, or every valid pixel inside one class's colour box
+    (``meta.screen``, measured on the training data). Returns ``(state, class code)`` or None to infer."""
+    if kernels.all_nodata(block, nodata):  # the common empty tile (collars, gaps, ocean outside a scene): one pass
+        return TileState.SKIPPED_NODATA, 0
+    names = [n for n in SCREEN_RULES if n in meta.screen]
+    boxes = np.array([meta.screen[n] for n in names], dtype=np.float64).reshape(len(names), block.shape[0], 2) \
+        if names else np.zeros((0, block.shape[0], 2))
+    counts = kernels.screen_counts(block, boxes, nodata, meta.valid_range)
+    n_valid = counts[-1]
+    if n_valid == 0:
+        return TileState.SKIPPED_NODATA, 0
+    for name, n in zip(names, counts[:-1]):
+        if n == n_valid:
+            return SCREEN_RULES[name]
+    return None
+
+
+def predict_block(block: np.ndarray, model, nodata, core: Window | None = None, screen: bool = True):
+    """Raw ``(band, y, x)`` block → ``(reef_probability u8, classification u8, TileState)`` of its ``core``."""
+    return predict_blocks([block], model, nodata, [core], screen)[0]
+
+
+def predict_blocks(blocks, model, nodata, cores, screen: bool = True):
+    """``predict_block`` over several blocks, batching the model's forward passes over same-shaped blocks."""
+    meta = model.meta
+    results: list = [None] * len(blocks)
+    todo: dict[tuple, list[int]] = {}
+    prepared = {}
+    for i, (block, core) in enumerate(zip(blocks, cores)):
+        if block.shape[0] != len(meta.bands):
+            raise BandMismatch(
+                f"the mosaic has {block.shape[0]} bands but model {meta.name!r} expects {len(meta.bands)} "
+                f"({', '.join(meta.bands)}); select those bands (e.g. mosaic.sel(band=[...])) or use a matching model"
+            )
+        core = core or Window(0, block.shape[1], 0, block.shape[2])
+        hit = screen_block(block, meta, nodata) if screen else None
+        if hit is not None and hit[0] == TileState.SKIPPED_NODATA:
+            results[i] = (*kernels.encode_nodata(core.shape), hit[0])
+            continue
+        if hit is not None:
+            _, valid = kernels.normalize(block[(slice(None), *core.slices)], meta.mean, meta.std, nodata, meta.valid_range)
+            results[i] = (*kernels.encode_constant(valid, hit[1]), hit[0])
+            continue
+        x, valid = kernels.normalize(block, meta.mean, meta.std, nodata, meta.valid_range)
+        prepared[i] = (x, valid, core)
+        todo.setdefault(x.shape, []).append(i)
+    for shape, idxs in todo.items():
+        probs = model.predict(np.stack([prepared[i][0] for i in idxs]))
+        for j, i in enumerate(idxs):
+            _, valid, core = prepared[i]
+            rs, cs = core.slices
+            results[i] = (*kernels.encode(probs[j][:, rs, cs], np.ascontiguousarray(valid[rs, cs]), meta.reef_channel),
+                          TileState.DONE)
+    return results
+
+
+# --- the notebook face ------------------------------------------------------------------------------------------
+
+def _overlap_block(block, model, nodata, screen):
+    prob, cls, _ = predict_block(block, model, nodata, None, screen)
+    return np.stack([prob, cls])
+
+
+def segment(mosaic, model=None, *, halo: int | None = None, tile: int | None = None, screen: bool = True):
+    """Lazily segment ``mosaic`` (a ``DataArray(band, y, x)``, any region of one) → ``xarray.Dataset`` with
+    ``reef_probability`` (float, NaN = nodata) and ``classification`` (uint8 codes, 0 = nodata), on the
+    mosaic's grid and CRS — the same values a stored map decodes to.
+
+    Built on ``dask.array.map_overlap(depth=halo, boundary="none")``; ``tile`` rechunks first (default: the
+    mosaic's own chunks). Nothing runs until you compute.
+    """
+    import dask.array as da
+    import xarray as xr
+
+    from reefmap.model.segmenter import load_model
+
+    model = load_model(model) if model is None or not hasattr(model, "predict") else model
+    meta = model.meta
+    halo = meta.halo if halo is None else int(halo)
+    if halo < meta.receptive_radius:
+        import warnings
+
+        warnings.warn(f"halo {halo} < the model's receptive radius {meta.receptive_radius}: tiles will show seams")
+    if mosaic.sizes.get("band") != len(meta.bands):
+        raise BandMismatch(f"the mosaic has {mosaic.sizes.get('band')} bands but model {meta.name!r} expects "
+                           f"{len(meta.bands)} ({', '.join(meta.bands)}); select those bands or use a matching model")
+    arr = mosaic.transpose("band", "y", "x").data
+    if not isinstance(arr, da.Array):
+        arr = da.from_array(arr, chunks=(-1, tile or 1024, tile or 1024), name=False)
+    if tile is not None:
+        arr = arr.rechunk((-1, tile, tile))
+    m = meta.size_multiple
+    merged = []
+    for ax, chunks in (("y", arr.chunks[1]), ("x", arr.chunks[2])):
+        if any(c % m for c in chunks[:-1]) or (halo % m):
+            raise InvalidParameter(f"{ax} chunks {chunks[:3]}… and halo {halo} must be multiples of {m} (the model "
+                                   f"pools {m}x) for seamless tiles; pass tile=1024 (or another multiple of {m})")
+        if len(chunks) > 1 and chunks[-1] < halo:  # a sliver at the edge joins its neighbour (alignment is kept)
+            chunks = chunks[:-2] + (chunks[-2] + chunks[-1],)
+        if len(chunks) > 1 and min(chunks) < halo:
+            raise InvalidParameter(f"{ax} chunks as small as {min(chunks)} px are smaller than the halo {halo}; "
+                                   "pass a larger tile=")
+        merged.append(chunks)
+    arr = arr.rechunk((-1, *merged))
+    nodata = mosaic.attrs.get("nodata", mosaic.attrs.get("_FillValue"))
+    ov_chunks = ((2,),) + da.overlap.overlap(arr, {0: 0, 1: halo, 2: halo}, boundary="none").chunks[1:]
+    out = da.map_overlap(_overlap_block, arr, depth={0: 0, 1: halo, 2: halo}, boundary="none", trim=True,
+                         dtype=np.uint8, chunks=ov_chunks, model=model, nodata=nodata, screen=screen,
+                         meta=np.empty((0, 0, 0), np.uint8))
+    coords = {k: v for k, v in mosaic.coords.items() if k in ("y", "x", "spatial_ref")}
+    prob = xr.DataArray(out[0], dims=("y", "x"), coords=coords)
+    prob = xr.where(prob == kernels.PROB_NODATA, np.float32(np.nan), prob.astype(np.float32) / np.float32(kernels.PROB_SCALE))
+    cls = xr.DataArray(out[1], dims=("y", "x"), coords=coords)
+    ds = xr.Dataset({"reef_probability": prob, "classification": cls})
+    ds["reef_probability"].attrs.update(long_name="probability that the pixel is coral reef", units="1")
+    from reefmap.classes import CLASSES
+
+    ds["classification"].attrs.update(flag_values=[0, *CLASSES.values()], flag_meanings=" ".join(["nodata", *CLASSES]))
+    if "spatial_ref" in mosaic.coords or mosaic.rio.crs is not None:
+        ds = ds.rio.write_crs(mosaic.rio.crs)
+    ds.attrs["reefmap_model"] = meta.sha256
+    return ds
+
+
+# --- the tile-runner face -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TileJob:
+    """Everything a worker needs to compute tiles: small, picklable, no open handles or weights."""
+
+    reader_spec: dict
+    bundle: str
+    store: object  # MapStore (pickles as its URL)
+    screen: bool = True
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class TileOutcome:
+    index: tuple[int, int]
+    state: int
+    pixels: int
+    seconds: float
+    error: str | None = None
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class TileBatch:
+    """A group of tiles between the steps of ``run_tiles``: per tile, the raw block (after ``read_tiles``), the
+    encoded ``(prob, cls, state)`` (after ``predict_tiles``), or the error message of a failed tile."""
+
+    tasks: list
+    items: list
+    timings: dict = field(default_factory=dict)
+
+
+class _Failed(str):
+    """A tile's error message, carried through the steps in place of its pixels."""
+
+
+def read_tiles(job: TileJob, tasks) -> TileBatch:
+    """Step 1 (I/O): each tile's halo'd window; a corrupt/unreadable input fails that tile only."""
+    from reefmap.sources.base import open_reader
+
+    t0 = time.perf_counter()
+    reader = open_reader(job.reader_spec)
+    items = []
+    for task in tasks:
+        try:
+            items.append(reader.read(task.read))
+        except Exception as e:
+            items.append(_Failed(f"{type(e).__name__}: {e}"))
+    return TileBatch(list(tasks), items, {"read": time.perf_counter() - t0})
+
+
+def predict_tiles(job: TileJob, batch: TileBatch) -> TileBatch:
+    """Step 2 (the model; the only step that needs the GPU): screen, normalise, predict, trim, encode."""
+    from reefmap.model.segmenter import load_model
+    from reefmap.sources.base import open_reader
+
+    t0 = time.perf_counter()
+    ok = [i for i, it in enumerate(batch.items) if not isinstance(it, _Failed)]
+    items = list(batch.items)
+    if ok:
+        model = load_model(job.bundle, device=job.device)
+        nodata = open_reader(job.reader_spec).nodata
+        try:
+            results = predict_blocks([items[i] for i in ok], model, nodata, [batch.tasks[i].core for i in ok], job.screen)
+        except BandMismatch:  # the run's configuration is wrong, not this tile
+            raise
+        except Exception as e:
+            results = [_Failed(f"{type(e).__name__}: {e}")] * len(ok)
+        for i, r in zip(ok, results):
+            items[i] = r
+    return TileBatch(batch.tasks, items, {**batch.timings, "predict": time.perf_counter() - t0})
+
+
+def write_tiles(job: TileJob, batch: TileBatch) -> list[TileOutcome]:
+    """Step 3 (I/O): write each tile's layers, then its state (FAILED with the reason for a failed tile)."""
+    t0 = time.perf_counter()
+    store = job.store
+    done = []
+    for task, item in zip(batch.tasks, batch.items):
+        if isinstance(item, _Failed):
+            store.mark(task.index, TileState.FAILED, str(item))
+            done.append((task, int(TileState.FAILED), 0, str(item)))
+            continue
+        prob, cls, state = item
+        if state != TileState.SKIPPED_NODATA:  # an all-nodata tile equals the store's fill: nothing to write
+            store.write_tile(task.write, prob, cls)
+        store.mark(task.index, state)
+        done.append((task, int(state), task.write.shape.y * task.write.shape.x, None))
+    timings = {**batch.timings, "write": time.perf_counter() - t0}
+    seconds = sum(timings.values())
+    return [TileOutcome(tuple(task.index), state, px, seconds, err, timings) for task, state, px, err in done]
+
+
+def run_tiles(job: TileJob, tasks) -> list[TileOutcome]:
+    """Read, predict, trim, write and mark each tile of ``tasks`` (one model forward per same-shaped batch).
+
+    A tile whose read or prediction fails is recorded FAILED with the reason (other tiles go on); the
+    state of every tile is written only after its pixels. On GPU workers ``execute`` submits the three
+    steps as separate tasks instead, so that only ``predict_tiles`` holds the GPU.
+    """
+    return write_tiles(job, predict_tiles(job, read_tiles(job, tasks)))

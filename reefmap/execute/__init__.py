@@ -1,0 +1,1 @@
+"""Running a plan: the bounded-submit loop, executors, global batch runs, progress."""

@@ -1,0 +1,1 @@
+"""Geometry value objects: grids, windows, boxes, the Web-Mercator lattice. No I/O."""

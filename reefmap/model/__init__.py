@@ -1,0 +1,1 @@
+"""Model bundles (metadata without torch) and the torch segmenter."""

@@ -1,0 +1,1 @@
+"""Pure, JSON-serialisable tile plans and the masks that select tiles."""

@@ -1,0 +1,244 @@
+"""Multiscale overviews of a map, stored inside it: ``overviews/1``, ``overviews/2`` … (factor 2 each).
+
+Layout (a subgroup of the map; the root arrays, ``tile_status``, ``tile_errors`` and ``plans`` are untouched, so
+``xr.open_zarr(map)`` and ``reefmap status`` see exactly what they saw before):
+
+- ``overviews/{k}`` for k = 1..levels: ``reef_probability`` and ``classification`` (y, x) uint8 with the root's
+  encoding and attributes, Zarr chunks of the map's tile size, ``x``/``y`` pixel-centre coordinates and
+  ``spatial_ref`` with the level's ``GeoTransform`` — so ``xr.open_zarr(map, group="overviews/2")`` is a
+  georeferenced map of its own. Level k's pixel is 2^k × 2^k map pixels (the last row/column may be partial);
+- ``overviews/tile_status``: the tile states the overviews reflect (a snapshot taken *before* the pixels were
+  read: tiles finished later are treated as unfinished at the overview levels until the next build);
+- attribute ``reefmap_overviews`` on ``overviews``: levels, factor, method, build time.
+
+Aggregation, exact over the whole 2^k × 2^k block of finished map pixels (carried as sums and counts through
+the levels, not as means of means): reef probability = mean over valid pixels (rounded to the uint8 encoding;
+nodata when none is valid); class = the most frequent class among valid pixels (ties → the lowest class code;
+nodata when none). Pixels of unfinished tiles do not contribute, and their tiles are not read.
+
+Built with dask, chunk-aligned: one task per map chunk reduces it 2×2; each level is rechunked to the tile size
+so every write is a whole Zarr chunk. Rebuilding is incremental: only the overview chunks covering tiles whose
+state changed since the last build are recomputed (``full=True`` rebuilds everything).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+
+import numpy as np
+
+from reefmap.errors import InvalidParameter
+from reefmap.geometry.grid import TileGrid, Window
+from reefmap.compute.kernels import CLASS_NODATA, PROB_NODATA
+from reefmap.products.query import OVERVIEWS_ATTR, OVERVIEWS_GROUP, _FINISHED, Level, _LevelReader, inspect_map, overview_geobox
+
+N_CLASSES = 5
+_NSTAT = 2 + N_CLASSES  # sum of probability codes, count of valid probabilities, one count per class 1..5
+
+
+def max_levels(tile: int) -> int:
+    """Levels possible for a tile size: a level-k pixel must lie inside one tile, so 2^k must divide it."""
+    return min(12, (int(tile) & -int(tile)).bit_length() - 1)  # int32 sums hold 4^12 · 250
+
+
+def default_levels(grid: TileGrid) -> int:
+    """Enough levels for the coarsest to fit in one tile (at least 1), capped by ``max_levels``."""
+    n = max(grid.geobox.shape)
+    want = max(1, math.ceil(math.log2(n / grid.tile))) if n > grid.tile else 1
+    return min(want, max_levels(grid.tile))
+
+
+def _pool2(a: np.ndarray) -> np.ndarray:
+    """Sum 2×2 blocks of the last two axes: ``(..., h, w)`` → ``(..., ceil(h/2), ceil(w/2))`` as int32
+    (odd edges padded with zeros). int32 holds a level-k sum of probability codes up to k = 12."""
+    h, w = a.shape[-2:]
+    if h % 2 or w % 2:
+        pad = [(0, 0)] * (a.ndim - 2) + [(0, h % 2), (0, w % 2)]
+        a = np.pad(a, pad)
+    a = a.astype(np.int32, copy=False)
+    return a[..., 0::2, 0::2] + a[..., 1::2, 0::2] + a[..., 0::2, 1::2] + a[..., 1::2, 1::2]
+
+
+def _root_stats(reader: _LevelReader, rows: slice, cols: slice) -> np.ndarray:
+    """Level-1 sums and counts of one map chunk: only finished pixels count; unfinished tiles are not read."""
+    st = reader.states_block(rows, cols)
+    fin = np.isin(st, _FINISHED)
+    h, w = st.shape
+    out = np.zeros((_NSTAT, -(-h // 2), -(-w // 2)), np.int32)
+    if not fin.any():
+        return out
+    p = reader.array("reef_probability")[rows, cols]
+    c = reader.array("classification")[rows, cols]
+    valid = p != PROB_NODATA
+    if not fin.all():
+        valid &= fin
+        c = np.where(fin, c, CLASS_NODATA)
+    out[0] = _pool2(np.where(valid, p, np.uint8(0)))
+    out[1] = _pool2(valid)
+    for k in range(1, N_CLASSES + 1):
+        out[1 + k] = _pool2(c == k)
+    return out
+
+
+def _prob_of(s: np.ndarray) -> np.ndarray:
+    n = s[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.floor(s[0].astype(np.float64) / np.where(n > 0, n, 1) + 0.5)
+    return np.where(n > 0, m, PROB_NODATA).astype(np.uint8)
+
+
+def _class_of(s: np.ndarray) -> np.ndarray:
+    counts = s[2:]
+    return np.where(counts.sum(axis=0) > 0, counts.argmax(axis=0) + 1, CLASS_NODATA).astype(np.uint8)
+
+
+def _level1_stats(reader: _LevelReader, shape, chunk: int):
+    import dask.array as da
+    from dask.base import tokenize
+
+    ny, nx = shape
+    re_ = list(range(0, ny, chunk)) + [ny]
+    ce = list(range(0, nx, chunk)) + [nx]
+    name = "reefmap-overview-stats1-" + tokenize(reader.token)
+    dsk = {(name, 0, i, j): (_root_stats, reader, slice(re_[i], re_[i + 1]), slice(ce[j], ce[j + 1]))
+           for i in range(len(re_) - 1) for j in range(len(ce) - 1)}
+    chunks = ((_NSTAT,), tuple(-(-(b - a) // 2) for a, b in zip(re_[:-1], re_[1:])),
+              tuple(-(-(b - a) // 2) for a, b in zip(ce[:-1], ce[1:])))
+    return da.Array(dsk, name, chunks, dtype=np.int32, meta=np.empty((0, 0, 0), np.int32))
+
+
+def _next_stats(s, chunk: int):
+    chunks = ((_NSTAT,), tuple(-(-c // 2) for c in s.chunks[1]), tuple(-(-c // 2) for c in s.chunks[2]))
+    return s.map_blocks(_pool2, chunks=chunks, dtype=np.int32).rechunk((_NSTAT, chunk, chunk))
+
+
+def build_overviews(store, levels: int | None = None, *, full: bool = False, storage_options: dict | None = None) -> dict:
+    """Build (or bring up to date) the overview pyramid of the map ``store``; returns a summary dict.
+
+    ``levels``: how many factor-2 levels (default: until the coarsest fits in one tile). ``full``: recompute
+    every chunk instead of only those whose tiles changed state since the last build.
+    """
+    import dask.array as da
+    from zarr.errors import ContainsArrayError, ContainsGroupError
+
+    from reefmap.store.mapstore import MapStore, _spatial_ref_attrs
+
+    t0 = time.perf_counter()
+    info = inspect_map(store, storage_options)          # read-only checks: a reefmap map, axis-aligned
+    grid, t = info.grid, info.grid.tile
+    cap = max_levels(t)
+    if levels is None:
+        levels = default_levels(grid)
+    try:
+        levels = int(levels)
+    except (TypeError, ValueError):
+        raise InvalidParameter(f"levels {levels!r} is not a whole number") from None
+    if levels < 1 or levels > cap:
+        raise InvalidParameter(
+            f"levels {levels} is out of range: this map's tile size {t} allows 1..{cap} factor-2 levels "
+            f"(a level-k pixel must lie inside one tile, so 2^k must divide {t})" if cap else
+            f"this map's tile size {t} is odd: overviews need a tile size divisible by 2")
+    states = info.states.copy()                          # the snapshot: read before any pixel
+    g = MapStore(info.url, info.storage_options).group   # r+ for writing
+    root_prob, root_cls = g["reef_probability"], g["classification"]
+
+    old = None
+    if OVERVIEWS_GROUP in g:
+        ov = g[OVERVIEWS_GROUP]
+        meta = ov.attrs.get(OVERVIEWS_ATTR)
+        if (not full and isinstance(meta, dict) and int(meta.get("levels", -1)) == levels
+                and "tile_status" in ov and all(str(k) in ov for k in range(1, levels + 1))):
+            snap = np.asarray(ov["tile_status"][...], np.uint8)
+            if snap.shape == states.shape:
+                old = snap
+        if old is None:
+            del g[OVERVIEWS_GROUP]
+    ov = g.require_group(OVERVIEWS_GROUP)
+
+    if old is None:
+        dirty = np.ones(states.shape, bool)
+    else:
+        dirty = states != old
+    dirty_tiles = np.argwhere(dirty)
+    summary = {"store": info.url, "levels": [], "tiles_updated": int(len(dirty_tiles)), "chunks_written": 0,
+               "full": old is None}
+    level_geoboxes = [overview_geobox(grid.geobox, k) for k in range(1, levels + 1)]
+    for k, gb in enumerate(level_geoboxes, start=1):
+        summary["levels"].append({"level": k, "shape": {"y": gb.shape.y, "x": gb.shape.x},
+                                  "resolution": max(abs(gb.transform.a), abs(gb.transform.e))})
+    if len(dirty_tiles) == 0:
+        summary.update(up_to_date=True, seconds=round(time.perf_counter() - t0, 3))
+        return summary
+
+    # the level arrays (created once; a level's arrays are rewritten chunk by chunk afterwards)
+    targets = []
+    for k, gb in enumerate(level_geoboxes, start=1):
+        lg = ov.require_group(str(k))
+        ny, nx = gb.shape
+        lgrid = TileGrid(gb, t)
+
+        def make(name, **kw):
+            try:
+                return lg.create_array(name, overwrite=False, **kw)
+            except (ContainsArrayError, ContainsGroupError):
+                return lg[name]
+
+        if "spatial_ref" not in lg:
+            make("spatial_ref", shape=(), dtype="int64", fill_value=0, attributes=_spatial_ref_attrs(lgrid))[...] = 0
+        for name, vals, n in (("x", gb.xs(), nx), ("y", gb.ys(), ny)):
+            if name not in lg:
+                a = make(name, shape=(n,), chunks=(min(n, t * 64),), dtype="float64", fill_value=np.nan,
+                         dimension_names=[name], attributes=dict(g[name].attrs) if name in g else {})
+                a[:] = vals
+        arrs = {}
+        for name, src in (("reef_probability", root_prob), ("classification", root_cls)):
+            arrs[name] = make(name, shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=src.fill_value,
+                              dimension_names=["y", "x"],
+                              attributes={**dict(src.attrs), "overview_level": k, "overview_factor": 2 ** k})
+        targets.append(arrs)
+
+    # the pyramid as one dask graph; only the chunks covering changed tiles are stored
+    reader = _LevelReader(info.url, info.storage_options, Level(0, "", grid.geobox, t, states, t), info._group)
+    s = _level1_stats(reader, tuple(grid.geobox.shape), t).rechunk((_NSTAT, t, t))
+    sources, dests, regions = [], [], []
+    for k in range(1, levels + 1):
+        if k > 1:
+            s = _next_stats(s, t)
+        prob = s.map_blocks(_prob_of, drop_axis=0, dtype=np.uint8, meta=np.empty((0, 0), np.uint8))
+        cls = s.map_blocks(_class_of, drop_axis=0, dtype=np.uint8, meta=np.empty((0, 0), np.uint8))
+        if old is None:
+            sources += [prob, cls]
+            dests += [targets[k - 1]["reef_probability"], targets[k - 1]["classification"]]
+            regions += [None, None]
+            summary["chunks_written"] += 2 * prob.npartitions
+            continue
+        blocks = np.unique(dirty_tiles >> k, axis=0)
+        for i, j in blocks:
+            i, j = int(i), int(j)
+            for arr, name in ((prob, "reef_probability"), (cls, "classification")):
+                b = arr.blocks[i, j]
+                win = Window(i * t, i * t + b.shape[0], j * t, j * t + b.shape[1])
+                sources.append(b)
+                dests.append(targets[k - 1][name])
+                regions.append(win.slices)
+        summary["chunks_written"] += 2 * len(blocks)
+    da.store(sources, dests, regions=regions, lock=False)  # a region of None: the whole array
+
+    # the snapshot and attributes last: an interrupted build is redone in full (or for its changed tiles)
+    try:
+        snap = ov.create_array("tile_status", shape=states.shape, chunks=states.shape, dtype="uint8", fill_value=0,
+                               dimension_names=["tile_y", "tile_x"], overwrite=True,
+                               attributes={"long_name": "tile states the overviews reflect (snapshot at build time)"})
+    except Exception:  # pragma: no cover - a store that refuses overwrite
+        snap = ov["tile_status"]
+    snap[...] = states
+    ov.attrs[OVERVIEWS_ATTR] = {
+        "levels": levels, "factor": 2, "tile": t, "chunk": t,
+        "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "method": {"reef_probability": "mean of valid finished pixels (exact over the 2^k block)",
+                   "classification": "mode of valid finished pixels (exact over the 2^k block; ties -> lowest code)"},
+    }
+    summary.update(up_to_date=False, seconds=round(time.perf_counter() - t0, 3))
+    return summary

@@ -1,0 +1,1 @@
+"""The map's Zarr store: its format, writes, tile states and status."""

@@ -1,0 +1,1 @@
+"""The procedural reef world with its truth."""

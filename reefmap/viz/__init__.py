@@ -1,0 +1,1 @@
+"""Pictures of maps: one renderer for every PNG."""

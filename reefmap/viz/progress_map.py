@@ -1,0 +1,202 @@
+"""A world map of a store's tile states: ``reefmap status STORE --map progress.png``.
+
+One pixel (or a few) per tile of the store's tile grid, coloured by state — done, skipped, failed, pending
+(planned, not finished), not planned — with a legend, and optionally Natural Earth land and coastlines
+(from ``../shared/data/natural-earth/ne_10m_land.json`` beside the repository, or ``$REEFMAP_COASTLINE``;
+skipped when absent). Reads only ``tile_status`` and the recorded plans: no pixels, no torch. Uses Pillow.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reefmap.store.mapstore import SKIPPED_STATES, MapStore, TileState
+
+COASTLINE_ENV = "REEFMAP_COASTLINE"
+#: the shared Natural Earth land layer, where developer machines and CI have it
+DEFAULT_COASTLINE = Path(__file__).resolve().parents[3] / "shared" / "data" / "natural-earth" / "ne_10m_land.json"
+
+# category → (RGB, legend label); drawn in this order in the legend
+COLOURS: dict[str, tuple[tuple[int, int, int], str]] = {
+    "done": ((31, 158, 68), "done"),
+    "skipped": ((92, 132, 204), "skipped (nodata / land / deep water)"),
+    "failed": ((220, 30, 30), "failed"),
+    "pending": ((245, 176, 40), "pending (planned, not finished)"),
+    "sea": ((236, 240, 244), "not planned"),
+    "land": ((214, 206, 186), "land (not planned)"),
+}
+COAST = (120, 120, 120)
+
+
+@dataclass(frozen=True)
+class ProgressMap:
+    """What ``progress_png`` drew. ``str()``/``os.fspath()`` give the PNG's path."""
+
+    path: str
+    width: int
+    height: int
+    pixels_per_tile: int
+    counts: dict
+    planned: int
+    percent_finished: float
+    coastline: str | None
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def tile_categories(states: np.ndarray, planned: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean arrays per category over the tile grid (each tile in exactly one of done/skipped/failed/pending/other)."""
+    done = states == TileState.DONE
+    skipped = np.isin(states, SKIPPED_STATES)
+    failed = states == TileState.FAILED
+    pending = planned & ~(done | skipped | failed)
+    other = ~(done | skipped | failed | pending)
+    return {"done": done, "skipped": skipped, "failed": failed, "pending": pending, "not_planned": other}
+
+
+def progress_png(store: MapStore | str, path: str | os.PathLike, *, scale: int | None = None,
+                 coastline: str | os.PathLike | bool | None = True, title: str | None = None) -> ProgressMap:
+    """Draw ``store``'s tile states as a PNG at ``path``; returns the counts, the image size and what was drawn
+    (``str()`` of the result is the PNG's path).
+
+    ``scale``: pixels per tile (default: 1 for grids 2048+ tiles wide, more for smaller ones, up to 16).
+    ``coastline``: True = the shared Natural Earth land layer when present (or ``$REEFMAP_COASTLINE``); a path; or
+    False/None for none.
+    """
+    from PIL import Image
+
+    store = store if isinstance(store, MapStore) else MapStore(store)
+    grid = store.grid
+    states = store.states()
+    planned = store.planned()
+    cats = tile_categories(states, planned)
+    ny, nx = states.shape
+    s = int(scale) if scale else max(1, min(16, 2048 // max(nx, 1)))
+    img = np.empty((ny, nx, 3), np.uint8)
+    img[:] = COLOURS["sea"][0]
+    land_note = None
+    land = None
+    coast_path = _coastline_path(coastline)
+    if coast_path is not None:
+        try:
+            land, edge = _land_raster(grid, coast_path, s)
+            land_note = str(coast_path)
+        except Exception as e:  # an overlay problem must never break status
+            land_note = f"skipped ({type(e).__name__}: {e})"
+    if land is not None:
+        land_t = land.reshape(ny, s, nx, s).any(axis=(1, 3)) if s > 1 else land
+        img[land_t & cats["not_planned"]] = COLOURS["land"][0]
+    for name in ("pending", "skipped", "failed", "done"):
+        img[cats[name]] = COLOURS[name][0]
+    if s > 1:
+        img = np.repeat(np.repeat(img, s, axis=0), s, axis=1)
+    if land is not None:
+        img[edge] = COAST
+    counts = {k: int(v.sum()) for k, v in cats.items()}
+    n_planned = int(planned.sum())
+    finished = int((planned & (cats["done"] | cats["skipped"])).sum())
+    pct = 100.0 * finished / n_planned if n_planned else 100.0
+    head = title or f"{store.url}"
+    sub = (f"{n_planned} of {grid.count} tiles planned · {pct:.1f}% finished · grid {nx} x {ny} tiles of {grid.tile} px, "
+           f"{grid.geobox.crs}")
+    legend = [(COLOURS["done"][0], f"done {counts['done']}"),
+              (COLOURS["skipped"][0], f"skipped {counts['skipped']}"),
+              (COLOURS["failed"][0], f"failed {counts['failed']}"),
+              (COLOURS["pending"][0], f"pending {counts['pending']}"),
+              (COLOURS["sea"][0], f"not planned {counts['not_planned']}")]
+    if land is not None:
+        legend.append((COLOURS["land"][0], "land (Natural Earth)"))
+    out = _with_legend(Image.fromarray(img), head, sub, legend)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.save(path)
+    return ProgressMap(str(path), out.width, out.height, s, counts, n_planned, round(pct, 2), land_note)
+
+
+def _coastline_path(coastline) -> Path | None:
+    if coastline is None or coastline is False:
+        return None
+    if coastline is True:
+        env = os.environ.get(COASTLINE_ENV)
+        p = Path(env) if env else DEFAULT_COASTLINE
+        return p if p.is_file() else None
+    p = Path(coastline)
+    return p if p.is_file() else None
+
+
+def _land_raster(grid, path: Path, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Land (filled) and its outline on the image raster (``s`` px per tile), in the grid's CRS."""
+    import shapely
+    from affine import Affine
+    from pyproj import Transformer
+    from rasterio.features import rasterize
+
+    from reefmap.geometry.webmercator import WEB_MERCATOR_MAX_LAT
+    from reefmap.planning.masks import read_vector
+
+    geoms, crs = read_vector(str(path))
+    g = grid.geobox
+    lon0, lat0, lon1, lat1 = g.geographic_bounds()
+    parts = shapely.get_parts(np.asarray(geoms, dtype=object))
+    if crs == "EPSG:4326":
+        lim = WEB_MERCATOR_MAX_LAT if g.crs == "EPSG:3857" else 90.0
+        parts = shapely.clip_by_rect(parts, max(lon0 - 1, -180), max(lat0 - 1, -lim), min(lon1 + 1, 180),
+                                     min(lat1 + 1, lim))
+        parts = parts[~shapely.is_empty(parts)]
+    if crs != g.crs:
+        tr = Transformer.from_crs(crs, g.crs, always_xy=True)
+        parts = shapely.transform(parts, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+        parts = parts[np.all(np.isfinite(shapely.bounds(parts)), axis=1)]
+    ny, nx = grid.shape
+    shape = (ny * s, nx * s)
+    t = g.transform @ Affine.scale(grid.tile / s, grid.tile / s)
+    if not len(parts):
+        z = np.zeros(shape, bool)
+        return z, z
+    land = rasterize(((p, 1) for p in parts), out_shape=shape, transform=t, fill=0, dtype="uint8").astype(bool)
+    edge = rasterize(((b, 1) for b in shapely.boundary(parts) if not b.is_empty), out_shape=shape, transform=t, fill=0,
+                     dtype="uint8").astype(bool)
+    return land, edge
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def _with_legend(map_img, title: str, subtitle: str, items: list[tuple[tuple[int, int, int], str]]):
+    from PIL import Image, ImageDraw
+
+    w = max(map_img.width, 640)
+    fs = 14
+    pad = 8
+    head_h = 2 * (fs + 6) + pad
+    leg_h = fs + 2 * pad + 4
+    out = Image.new("RGB", (w, head_h + map_img.height + leg_h), (255, 255, 255))
+    out.paste(map_img, (0, head_h))
+    d = ImageDraw.Draw(out)
+    f = _font(fs)
+    d.text((pad, pad // 2), title, fill=(0, 0, 0), font=f)
+    d.text((pad, pad // 2 + fs + 6), subtitle, fill=(60, 60, 60), font=f)
+    d.rectangle([0, head_h, map_img.width - 1, head_h + map_img.height - 1], outline=(160, 160, 160))
+    x, y = pad, head_h + map_img.height + pad
+    for rgb, label in items:
+        d.rectangle([x, y, x + fs, y + fs], fill=rgb, outline=(90, 90, 90))
+        d.text((x + fs + 5, y), label, fill=(0, 0, 0), font=f)
+        x += fs + 5 + int(d.textlength(label, font=f)) + 3 * pad
+    return out
