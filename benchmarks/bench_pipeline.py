@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     from reefmap.planning.plan import plan_tiles
     from reefmap.execute.runner import run
     from reefmap.sources import open_mosaic
-    from reefmap.store.mapstore import MapStore, TileState
+    from reefmap.store.format import TileState
+    from reefmap.store.mapstore import MapStore
     from reefmap.synthetic.world import synthetic_mosaic
 
     threads = a.workers

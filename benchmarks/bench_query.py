@@ -60,7 +60,8 @@ def build(path: str) -> None:
     from reefmap.geometry.grid import GeoBox, Shape, TileGrid, TileIndex
     from reefmap.compute.kernels import encode_constant
     from reefmap.products.overviews import build_overviews
-    from reefmap.store.mapstore import MapStore, TileState
+    from reefmap.store.format import TileState
+    from reefmap.store.mapstore import MapStore
 
     t0 = time.perf_counter()
     gb = GeoBox(Shape(SIZE, SIZE), Affine(RES, 0, WEST, 0, -RES, NORTH), "EPSG:4326")

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from reefmap.geometry.grid import TileGrid
-from reefmap.store.mapstore import MapStore, TileState
+from reefmap.store.format import TileState
+from reefmap.store.mapstore import MapStore
 
 
 def patterns(shape):

@@ -17,7 +17,7 @@ from reefmap.products.export import OutputExists, UnsupportedFormat, export, val
 from reefmap.geometry.grid import GeoBox, Shape, TileGrid
 from reefmap.products.query import UNFINISHED, UnknownLayer, query
 from map_fixtures import patterns, write_map
-from reefmap.store.mapstore import TileState
+from reefmap.store.format import TileState
 
 P, D = TileState.PENDING, TileState.DONE
 GB = GeoBox(Shape(700, 900), Affine(30.0, 0, 300000.0, 0, -30.0, 2600000.0), "EPSG:32618")

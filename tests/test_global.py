@@ -538,7 +538,8 @@ def test_states_fast_path_matches_zarr_reads_on_a_global_grid(tmp_path):
 
 
 def test_states_fast_path_on_an_fsspec_store(monkeypatch):
-    from reefmap.store.mapstore import MapStore, TileState
+    from reefmap.store.format import TileState
+    from reefmap.store.mapstore import MapStore
 
     st = MapStore.create_or_open("memory://reefmap-test-fast-states/m.zarr", web_mercator_quads(5, 256),
                                  {"model": "x", "halo": 0}, {})

@@ -61,7 +61,7 @@ def test_nan_and_out_of_range_pixels_become_nodata(random_bundle):
 
 
 def test_screen_skips_all_nodata_all_deep_and_all_land_blocks(random_bundle):
-    from reefmap.store.mapstore import TileState
+    from reefmap.store.format import TileState
 
     model = load_model(random_bundle)
     nod = np.zeros((3, 64, 64), np.uint8)

@@ -20,7 +20,7 @@ from reefmap.errors import BBoxError, NotAReefmapStore, ReefmapError
 from reefmap.geometry.grid import GeoBox, Shape, TileGrid, Window
 from reefmap.products.query import OUTSIDE, UNFINISHED, GeometryError, UnknownLayer, open_map, query
 from map_fixtures import CountingReads, make_map
-from reefmap.store.mapstore import TileState
+from reefmap.store.format import TileState
 
 P, D, F = TileState.PENDING, TileState.DONE, TileState.FAILED
 

@@ -19,7 +19,8 @@ from reefmap.model.segmenter import load_model
 from reefmap.store.status import status
 from reefmap.execute.runner import execute, prepare, run
 from reefmap.sources import open_mosaic
-from reefmap.store.mapstore import MapStore, TileState
+from reefmap.store.format import TileState
+from reefmap.store.mapstore import MapStore
 
 
 def layers(path):

@@ -18,7 +18,7 @@ import pytest
 from reefmap.cluster import launcher as cluster
 from reefmap.execute.runner import execute, prepare, run
 from reefmap.sources import open_mosaic
-from reefmap.store.mapstore import FINISHED_STATES, TileState
+from reefmap.store.format import FINISHED_STATES, TileState
 from slurm_fixtures import reap, slurm, slurm_overrides, squeue, wait_until  # noqa: F401  (fixtures + helpers)
 from test_run import layers
 

@@ -16,7 +16,8 @@ from reefmap.geometry.grid import GeoBox, Shape, TileGrid, TileIndex
 from reefmap.products.overviews import build_overviews
 from reefmap.products.query import UNFINISHED, open_map, query
 from map_fixtures import CountingReads, write_map
-from reefmap.store.mapstore import MapStore, TileState
+from reefmap.store.format import TileState
+from reefmap.store.mapstore import MapStore
 
 P, D = TileState.PENDING, TileState.DONE
 

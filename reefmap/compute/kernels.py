@@ -10,10 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-#: reef_probability is stored as uint8: value = round(p * PROB_SCALE); PROB_NODATA marks nodata
-PROB_SCALE = 250
-PROB_NODATA = 255
-CLASS_NODATA = 0
+from reefmap.store.format import CLASS_NODATA, PROB_NODATA, PROB_SCALE
 
 
 @njit(cache=True, inline="always")

@@ -17,7 +17,7 @@ from reefmap.compute import kernels
 from reefmap.classes import DEEP_WATER, LAND
 from reefmap.errors import BandMismatch, InvalidParameter
 from reefmap.geometry.grid import Window
-from reefmap.store.mapstore import TileState
+from reefmap.store.format import TileState
 
 #: screen box name → (tile state when every valid pixel is inside it, class code written)
 SCREEN_RULES = {"deep_water": (TileState.SKIPPED_DEEP_WATER, DEEP_WATER), "land": (TileState.SKIPPED_LAND, LAND)}

@@ -146,7 +146,7 @@ class RunProgress:
         return sum(self.counts.values())
 
     def on_outcome(self, o) -> None:
-        from reefmap.store.mapstore import TileState
+        from reefmap.store.format import TileState
 
         key = "done" if o.state == TileState.DONE else "failed" if o.state == TileState.FAILED else "skipped"
         self.counts[key] += 1
@@ -350,7 +350,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
     """
     from reefmap.planning.plan import Plan
     from reefmap.execute.runner import execute, prepare
-    from reefmap.store.mapstore import FINISHED_STATES
+    from reefmap.store.format import FINISHED_STATES
 
     lg = logger or log
     stop = stop or threading.Event()
@@ -446,7 +446,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
 
 
 def _finish(summary, store, sel, stop, abandoned, t_start, progress, cfg, job, lg, write_summary) -> BatchSummary:
-    from reefmap.store.mapstore import FINISHED_STATES, TileState
+    from reefmap.store.format import FINISHED_STATES, TileState
 
     if progress is not None:  # counted per outcome, so tiles of an abandoned round are included
         summary.computed, summary.megapixels = progress.n, progress.pixels / 1e6

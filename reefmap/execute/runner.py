@@ -20,7 +20,8 @@ from reefmap.errors import BandMismatch, InvalidParameter, ReefmapError, TileFai
 from reefmap.compute.tiles import TileJob, TileOutcome, predict_tiles, read_tiles, run_tiles, write_tiles
 from reefmap.planning.plan import Plan, plan_tiles
 from reefmap.store.status import ProgressBar
-from reefmap.store.mapstore import FINISHED_STATES, MapStore, TileState, code_version
+from reefmap.store.format import FINISHED_STATES, TileState
+from reefmap.store.mapstore import MapStore, code_version
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 
 from reefmap.classes import CLASSES
 from reefmap.errors import InvalidParameter, StoreError
-from reefmap.compute.kernels import CLASS_NODATA, PROB_NODATA, PROB_SCALE
+from reefmap.store.format import CLASS_NODATA, PROB_NODATA, PROB_SCALE
 from reefmap.products.query import _FINISHED, LAYERS, OUTSIDE, UNFINISHED, QueryResult, UnknownLayer
 
 FORMATS = {".tif": "cog", ".tiff": "cog", ".nc": "netcdf", ".zarr": "zarr", ".png": "png"}

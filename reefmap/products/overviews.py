@@ -31,7 +31,7 @@ import numpy as np
 
 from reefmap.errors import InvalidParameter
 from reefmap.geometry.grid import TileGrid, Window
-from reefmap.compute.kernels import CLASS_NODATA, PROB_NODATA
+from reefmap.store.format import CLASS_NODATA, PROB_NODATA
 from reefmap.products.query import OVERVIEWS_ATTR, OVERVIEWS_GROUP, _FINISHED, Level, _LevelReader, inspect_map, overview_geobox
 
 N_CLASSES = 5

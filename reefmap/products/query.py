@@ -42,13 +42,10 @@ import numpy as np
 from reefmap.classes import CLASSES
 from reefmap.errors import BBoxError, InvalidParameter, NotAReefmapStore
 from reefmap.geometry.grid import BBox, GeoBox, Shape, TileGrid, Window
-from reefmap.compute.kernels import CLASS_NODATA, PROB_NODATA, PROB_SCALE
-from reefmap.store.mapstore import FINISHED_STATES, STORE_FORMAT, MapStore, TileState
+from reefmap.store.format import (CLASS_NODATA, FINISHED_CODES, OUTSIDE, PROB_NODATA, PROB_SCALE, STORE_FORMAT,
+                                  UNFINISHED, TileState)
+from reefmap.store.mapstore import MapStore
 
-#: classification (and uint8 probability exports): the pixel's tile is unfinished (pending or failed)
-UNFINISHED = 254
-#: tile_state: the pixel lies outside the query polygon
-OUTSIDE = 255
 #: the data layers a query can return (``tile_state`` is always included)
 LAYERS = ("reef_probability", "classification")
 ALL_VARS = (*LAYERS, "tile_state")
@@ -56,7 +53,7 @@ ALL_VARS = (*LAYERS, "tile_state")
 OVERVIEWS_GROUP = "overviews"
 OVERVIEWS_ATTR = "reefmap_overviews"
 
-_FINISHED = np.array([int(s) for s in FINISHED_STATES], np.uint8)
+_FINISHED = FINISHED_CODES
 _MERCATOR_LAT = 85.05112877980659
 
 

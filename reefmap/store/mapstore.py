@@ -21,7 +21,6 @@ import datetime as _dt
 import logging
 import os
 import threading
-from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -30,25 +29,11 @@ from reefmap import __version__
 from reefmap.classes import CLASSES
 from reefmap.errors import NotAReefmapStore, StoreError, StoreMismatch
 from reefmap.geometry.grid import TileGrid, TileIndex, Window
-from reefmap.compute.kernels import CLASS_NODATA, PROB_NODATA, PROB_SCALE
+from reefmap.store.format import (CLASS_NODATA, DATA_VARS, FINISHED_STATES, PROB_NODATA, PROB_SCALE, SKIPPED_STATES,
+                                  STORE_FORMAT, TileState)
 
 _log = logging.getLogger(__name__)
 
-STORE_FORMAT = "reefmap-map/1"
-DATA_VARS = ("reef_probability", "classification")
-
-
-class TileState(IntEnum):
-    PENDING = 0
-    DONE = 1
-    SKIPPED_NODATA = 2
-    SKIPPED_LAND = 3
-    SKIPPED_DEEP_WATER = 4
-    FAILED = 9
-
-
-SKIPPED_STATES = (TileState.SKIPPED_NODATA, TileState.SKIPPED_LAND, TileState.SKIPPED_DEEP_WATER)
-FINISHED_STATES = (TileState.DONE, *SKIPPED_STATES)
 
 
 def _is_url(path: str) -> bool:

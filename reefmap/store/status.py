@@ -7,7 +7,8 @@ import time
 
 import numpy as np
 
-from reefmap.store.mapstore import FINISHED_STATES, SKIPPED_STATES, MapStore, TileState
+from reefmap.store.format import FINISHED_STATES, SKIPPED_STATES, TileState
+from reefmap.store.mapstore import MapStore
 
 
 def status(store: MapStore | str) -> dict:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reefmap.store.mapstore import SKIPPED_STATES, MapStore, TileState
+from reefmap.store.format import SKIPPED_STATES, TileState
+from reefmap.store.mapstore import MapStore
 
 COASTLINE_ENV = "REEFMAP_COASTLINE"
 #: the shared Natural Earth land layer, where developer machines and CI have it
