@@ -15,7 +15,7 @@ worker (from the scheduler's task stream), which is the scheduler's own share.
 
     .venv/bin/python benchmarks/bench_cluster.py [--size 4096] [--tile 1024] [--workers 2] [--skip-slurm]
 
-The model is the demo bundle (``reefmap/bundles/demo``) if it exists, else a random-weights bundle of the same
+The model is the demo bundle (``reefmap/model/bundles/demo``) if it exists, else a random-weights bundle of the same
 architecture (tiny_unet, base 8, levels 2). The SLURM half needs the local SLURM (``cluster/local-slurm/start.sh``)
 and is skipped, with the reason, when it is down.
 """
@@ -70,7 +70,7 @@ def write_mosaic(path: Path, size: int, tile: int) -> None:
 
 def bundle_path(work: Path) -> tuple[str, str]:
     """The demo bundle if present, else a random-weights one of the demo's architecture (tiny_unet b8 l2)."""
-    from reefmap.model.segmenter import DEMO_BUNDLE
+    from reefmap.model.bundle import DEMO_BUNDLE
 
     if (DEMO_BUNDLE / "bundle.json").exists():
         return str(DEMO_BUNDLE), "demo bundle"

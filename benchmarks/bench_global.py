@@ -158,7 +158,7 @@ def _finished(out: Path) -> int:
 def bench_run(work: Path, model: str | None, workers: int, mif: int, kill_at: float) -> None:
     print(f"\n## 3. simulated global run: caribbean-demo.yaml, local profile, {workers} workers, max_in_flight {mif}")
     cfg = str(CONFIGS / "caribbean-demo.yaml")
-    demo = REPO / "reefmap" / "bundles" / "demo"
+    demo = REPO / "reefmap" / "model" / "bundles" / "demo"
     if model is None:
         model = str(demo) if (demo / "bundle.json").exists() else _random_bundle(work / "bundle")
     print(f"  model: {model}")

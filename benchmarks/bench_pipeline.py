@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     import torch
 
     from reefmap.compute.tiles import TileJob, run_tiles
-    from reefmap.model.segmenter import load_model, read_bundle
+    from reefmap.model.bundle import read_bundle
+    from reefmap.model.segmenter import load_model
     from reefmap.planning.plan import plan_tiles
     from reefmap.execute.runner import run
     from reefmap.sources import open_mosaic

@@ -1,13 +1,13 @@
-"""Reproduce the shipped demo bundle (reefmap/bundles/demo): a tiny UNet trained on the synthetic reef world.
+"""Reproduce the shipped demo bundle (reefmap/model/bundles/demo): a tiny UNet trained on the synthetic reef world.
 
-    .venv/bin/python pipelines/train_demo.py [--out reefmap/bundles/demo] [--steps N] [--seed S]
+    .venv/bin/python pipelines/train_demo.py [--out reefmap/model/bundles/demo] [--steps N] [--seed S]
 
 The result is trained on synthetic data only: it demonstrates the pipeline, it is not a validated reef map.
 """
 
 import argparse
 
-from reefmap.model.segmenter import DEMO_BUNDLE
+from reefmap.model.bundle import DEMO_BUNDLE
 from reefmap.model.train import TrainConfig, train_bundle
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def test_yaml_config_run_and_refusal_of_another_models_store(tif, random_bundle,
     code, _, err = run_cli(capsys, "run", cfg)
     assert code == 0, err
     before = zarr.open_group(str(tmp_path / "map.zarr"), mode="r")["reef_probability"][:]
-    from reefmap.model.segmenter import DEMO_BUNDLE
+    from reefmap.model.bundle import DEMO_BUNDLE
 
     code, _, err = run_cli(capsys, "run", cfg, "--model", DEMO_BUNDLE)  # another model
     assert code == 2 and "refusing to mix" in err

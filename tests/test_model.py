@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from reefmap.errors import ModelError
-from reefmap.model.segmenter import DEMO_BUNDLE, build_network, read_bundle, receptive_radius
+from reefmap.model.bundle import DEMO_BUNDLE, read_bundle
+from reefmap.model.segmenter import build_network, receptive_radius
 
 
 def test_reading_a_bundle_and_planning_never_import_torch(random_bundle):
     code = (
         "import sys, reefmap\n"
-        "from reefmap.model.segmenter import read_bundle\n"
+        "from reefmap.model.bundle import read_bundle\n"
         "from reefmap.planning.plan import plan_tiles\n"
         "from reefmap.store.status import status\n"
         "import reefmap.cli.main, reefmap.execute.runner\n"

@@ -61,7 +61,7 @@ def test_launch_notebook_runs_on_slurm(slurm, slurm_overrides, tmp_path, reap):
     """The same notebook with REEFMAP_PROFILE = a SLURM profile file: workers are SLURM jobs, cancelled at the end."""
     import yaml
 
-    from reefmap.model.segmenter import DEMO_BUNDLE
+    from reefmap.model.bundle import DEMO_BUNDLE
 
     if not (DEMO_BUNDLE / "bundle.json").exists():
         pytest.skip(f"the demo bundle {DEMO_BUNDLE} is not there yet (the notebook's segment/run cells need it)")

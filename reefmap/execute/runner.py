@@ -58,7 +58,7 @@ def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", ti
             halo: int | None = None, screen: bool = True, storage_options: dict | None = None,
             tile_mask: np.ndarray | None = None) -> tuple[Plan, TileJob, MapStore]:
     """Plan a run and open (or create) its store — metadata only: no pixels, no torch."""
-    from reefmap.model.segmenter import read_bundle
+    from reefmap.model.bundle import read_bundle
     from reefmap.sources.base import public_spec, reader_of
 
     if out is None:
