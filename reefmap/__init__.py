@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "open_mosaic": "reefmap.sources",
     "load_model": "reefmap.model.segmenter",
-    "segment": "reefmap.compute.tiles",
+    "segment": "reefmap.compute.segment",
     "run": "reefmap.execute.runner",
     "plan_tiles": "reefmap.planning.plan",
     "open_map": "reefmap.products.query",

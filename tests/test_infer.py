@@ -5,7 +5,8 @@ import pytest
 import xarray as xr
 
 from reefmap.errors import BandMismatch, InvalidParameter
-from reefmap.compute.tiles import predict_block, segment
+from reefmap.compute.segment import segment
+from reefmap.compute.tiles import predict_block
 from reefmap.model.segmenter import load_model
 
 

@@ -14,7 +14,7 @@ import xarray as xr
 import zarr
 
 from reefmap.errors import BandMismatch, InvalidParameter, NotAReefmapStore, StoreMismatch
-from reefmap.compute.tiles import segment
+from reefmap.compute.segment import segment
 from reefmap.model.segmenter import load_model
 from reefmap.store.status import status
 from reefmap.execute.runner import execute, prepare, run

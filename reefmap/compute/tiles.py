@@ -1,9 +1,10 @@
-"""Halo'd tiled inference: one block kernel, two faces.
+"""Halo'd tiled inference: the block kernel and the tile runner's steps.
 
 ``predict_block`` turns a raw halo'd block into the encoded layers of its core (normalise → screen →
-model → encode). ``segment`` runs it lazily over any DataArray with ``map_overlap`` (for notebooks);
-``run_tiles`` is the per-tile task of the tile runner: it reads its own halo'd window, predicts, trims and
-writes. With ``halo >= the model's receptive radius`` both give the same pixels whatever the tile size.
+model → encode). ``run_tiles`` is the per-tile task of the tile runner: it reads its own halo'd window
+(``read_tiles``), predicts and trims (``predict_tiles``) and writes (``write_tiles``). The notebook face,
+``reefmap.compute.segment``, runs the same kernel with ``map_overlap``; with ``halo >= the model's receptive
+radius`` both give the same pixels whatever the tile size. torch is imported only when the model runs.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reefmap.compute import kernels
 from reefmap.classes import DEEP_WATER, LAND
-from reefmap.errors import BandMismatch, InvalidParameter
+from reefmap.compute import kernels
+from reefmap.errors import BandMismatch
 from reefmap.geometry.grid import Window
+from reefmap.model.segmenter import load_model
+from reefmap.sources.base import open_reader
 from reefmap.store.format import TileState
 
 #: screen box name → (tile state when every valid pixel is inside it, class code written)
@@ -80,74 +83,6 @@ def predict_blocks(blocks, model, nodata, cores, screen: bool = True):
     return results
 
 
-# --- the notebook face ------------------------------------------------------------------------------------------
-
-def _overlap_block(block, model, nodata, screen):
-    prob, cls, _ = predict_block(block, model, nodata, None, screen)
-    return np.stack([prob, cls])
-
-
-def segment(mosaic, model=None, *, halo: int | None = None, tile: int | None = None, screen: bool = True):
-    """Lazily segment ``mosaic`` (a ``DataArray(band, y, x)``, any region of one) → ``xarray.Dataset`` with
-    ``reef_probability`` (float, NaN = nodata) and ``classification`` (uint8 codes, 0 = nodata), on the
-    mosaic's grid and CRS — the same values a stored map decodes to.
-
-    Built on ``dask.array.map_overlap(depth=halo, boundary="none")``; ``tile`` rechunks first (default: the
-    mosaic's own chunks). Nothing runs until you compute.
-    """
-    import dask.array as da
-    import xarray as xr
-
-    from reefmap.model.segmenter import load_model
-
-    model = load_model(model) if model is None or not hasattr(model, "predict") else model
-    meta = model.meta
-    halo = meta.halo if halo is None else int(halo)
-    if halo < meta.receptive_radius:
-        import warnings
-
-        warnings.warn(f"halo {halo} < the model's receptive radius {meta.receptive_radius}: tiles will show seams")
-    if mosaic.sizes.get("band") != len(meta.bands):
-        raise BandMismatch(f"the mosaic has {mosaic.sizes.get('band')} bands but model {meta.name!r} expects "
-                           f"{len(meta.bands)} ({', '.join(meta.bands)}); select those bands or use a matching model")
-    arr = mosaic.transpose("band", "y", "x").data
-    if not isinstance(arr, da.Array):
-        arr = da.from_array(arr, chunks=(-1, tile or 1024, tile or 1024), name=False)
-    if tile is not None:
-        arr = arr.rechunk((-1, tile, tile))
-    m = meta.size_multiple
-    merged = []
-    for ax, chunks in (("y", arr.chunks[1]), ("x", arr.chunks[2])):
-        if any(c % m for c in chunks[:-1]) or (halo % m):
-            raise InvalidParameter(f"{ax} chunks {chunks[:3]}… and halo {halo} must be multiples of {m} (the model "
-                                   f"pools {m}x) for seamless tiles; pass tile=1024 (or another multiple of {m})")
-        if len(chunks) > 1 and chunks[-1] < halo:  # a sliver at the edge joins its neighbour (alignment is kept)
-            chunks = chunks[:-2] + (chunks[-2] + chunks[-1],)
-        if len(chunks) > 1 and min(chunks) < halo:
-            raise InvalidParameter(f"{ax} chunks as small as {min(chunks)} px are smaller than the halo {halo}; "
-                                   "pass a larger tile=")
-        merged.append(chunks)
-    arr = arr.rechunk((-1, *merged))
-    nodata = mosaic.attrs.get("nodata", mosaic.attrs.get("_FillValue"))
-    ov_chunks = ((2,),) + da.overlap.overlap(arr, {0: 0, 1: halo, 2: halo}, boundary="none").chunks[1:]
-    out = da.map_overlap(_overlap_block, arr, depth={0: 0, 1: halo, 2: halo}, boundary="none", trim=True,
-                         dtype=np.uint8, chunks=ov_chunks, model=model, nodata=nodata, screen=screen,
-                         meta=np.empty((0, 0, 0), np.uint8))
-    coords = {k: v for k, v in mosaic.coords.items() if k in ("y", "x", "spatial_ref")}
-    prob = xr.DataArray(out[0], dims=("y", "x"), coords=coords)
-    prob = xr.where(prob == kernels.PROB_NODATA, np.float32(np.nan), prob.astype(np.float32) / np.float32(kernels.PROB_SCALE))
-    cls = xr.DataArray(out[1], dims=("y", "x"), coords=coords)
-    ds = xr.Dataset({"reef_probability": prob, "classification": cls})
-    ds["reef_probability"].attrs.update(long_name="probability that the pixel is coral reef", units="1")
-    from reefmap.classes import CLASSES
-
-    ds["classification"].attrs.update(flag_values=[0, *CLASSES.values()], flag_meanings=" ".join(["nodata", *CLASSES]))
-    if "spatial_ref" in mosaic.coords or mosaic.rio.crs is not None:
-        ds = ds.rio.write_crs(mosaic.rio.crs)
-    ds.attrs["reefmap_model"] = meta.sha256
-    return ds
-
-
 # --- the tile-runner face -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -187,8 +122,6 @@ class _Failed(str):
 
 def read_tiles(job: TileJob, tasks) -> TileBatch:
     """Step 1 (I/O): each tile's halo'd window; a corrupt/unreadable input fails that tile only."""
-    from reefmap.sources.base import open_reader
-
     t0 = time.perf_counter()
     reader = open_reader(job.reader_spec)
     items = []
@@ -202,9 +135,6 @@ def read_tiles(job: TileJob, tasks) -> TileBatch:
 
 def predict_tiles(job: TileJob, batch: TileBatch) -> TileBatch:
     """Step 2 (the model; the only step that needs the GPU): screen, normalise, predict, trim, encode."""
-    from reefmap.model.segmenter import load_model
-    from reefmap.sources.base import open_reader
-
     t0 = time.perf_counter()
     ok = [i for i, it in enumerate(batch.items) if not isinstance(it, _Failed)]
     items = list(batch.items)
