@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     from reefmap.sources import open_mosaic
     from reefmap.store.format import TileState
     from reefmap.store.mapstore import MapStore
-    from reefmap.synthetic.world import synthetic_mosaic
+    from reefmap.synthetic.reader import synthetic_mosaic
 
     threads = a.workers
     torch.set_num_threads(threads)

@@ -15,7 +15,7 @@ _LAZY = {
     "plan_tiles": "reefmap.planning.plan",
     "open_map": "reefmap.products.query",
     "query": "reefmap.products.query",
-    "synthetic_mosaic": "reefmap.synthetic.world",
+    "synthetic_mosaic": "reefmap.synthetic.reader",
     "status": "reefmap.store.status",
 }
 

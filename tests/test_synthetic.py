@@ -1,4 +1,4 @@
-"""reefmap.synthetic.world: determinism, window independence, geography, colours, laziness, specs and errors."""
+"""reefmap.synthetic (world, render, reader): determinism, window independence, geography, colours, laziness, specs and errors."""
 
 from __future__ import annotations
 
@@ -22,17 +22,9 @@ from reefmap.classes import CLOUD, DEEP_WATER, LAND, NODATA, REEF, SHALLOW
 from reefmap.errors import InvalidParameter
 from reefmap.geometry.grid import GeoBox, Shape, Window
 from reefmap.sources.base import open_reader, reader_of
-from reefmap.synthetic.world import (
-    CLASS_MEANS,
-    MEASURED,
-    SyntheticReader,
-    SyntheticWorld,
-    render,
-    synthetic_geobox,
-    synthetic_mosaic,
-    synthetic_truth,
-    training_pairs,
-)
+from reefmap.synthetic.reader import SyntheticReader, synthetic_geobox, synthetic_mosaic, synthetic_truth
+from reefmap.synthetic.render import render, training_pairs
+from reefmap.synthetic.world import CLASS_MEANS, MEASURED, SyntheticWorld
 
 REPO = Path(__file__).resolve().parents[1]
 CLEAN = dict(cloud_cover=0.0, nodata_fraction=0.0)  # nothing hides the surface
@@ -321,7 +313,7 @@ def test_spec_round_trip_and_pickle_give_identical_pixels():
 
 
 def test_mosaic_and_truth_are_lazy_aligned_and_match_the_reader(monkeypatch):
-    import reefmap.synthetic.world as synthetic
+    import reefmap.synthetic.reader as synthetic
 
     calls = []
     real_render = synthetic.render
@@ -383,7 +375,7 @@ def test_a_global_mosaic_builds_without_materialising_its_grid():
         from affine import Affine
         from xarray.indexes import RangeIndex
         from reefmap.geometry.grid import GeoBox, Shape
-        from reefmap.synthetic.world import SyntheticReader, synthetic_mosaic, synthetic_truth
+        from reefmap.synthetic.reader import SyntheticReader, synthetic_mosaic, synthetic_truth
         from reefmap.geometry.grid import Window
         g = GeoBox(Shape(2**27, 2**27), Affine(*{list(GLOBAL.transform)[:6]}), "EPSG:3857")
         m = synthetic_mosaic(geobox=g)

@@ -10,7 +10,7 @@ def run_demo(out: str | Path, *, size: int = 3072, workers: int | None = None, s
 
     from reefmap.viz.quicklook import quicklook_png
     from reefmap.execute.runner import run
-    from reefmap.synthetic.world import synthetic_mosaic
+    from reefmap.synthetic.reader import synthetic_mosaic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

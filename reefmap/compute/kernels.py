@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from reefmap.store.format import CLASS_NODATA, PROB_NODATA, PROB_SCALE
+from reefmap.store.format import CLASS_NODATA, PROB_NODATA
 
 
 @njit(cache=True, inline="always")

@@ -102,7 +102,8 @@ def open_global_mosaic(cfg: GlobalRunConfig):
     grid = cfg.grid
     syn = cfg.synthetic
     if syn is not None:
-        from reefmap.synthetic.world import SyntheticReader, SyntheticWorld
+        from reefmap.synthetic.reader import SyntheticReader
+        from reefmap.synthetic.world import SyntheticWorld
 
         return SyntheticReader(grid.geobox, SyntheticWorld.from_json({"seed": 0, **syn}))
     from reefmap.sources import open_source

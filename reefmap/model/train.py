@@ -68,7 +68,7 @@ def train_bundle(out, config: TrainConfig = TrainConfig(), log=print):
     import torch
 
     from reefmap.model.segmenter import build_network, receptive_radius, save_bundle
-    from reefmap.synthetic.world import training_pairs
+    from reefmap.synthetic.render import training_pairs
 
     cfg = config
     torch.manual_seed(cfg.seed)

@@ -12,8 +12,17 @@ from typing import Any
 
 from reefmap.errors import InvalidParameter, SourceNotFound
 from reefmap.sources import urls
-from reefmap.sources.base import Reader, ReaderBase, open_reader, reader_of, reader_to_dataarray, register_reader
-from reefmap.sources.memory import MemoryReader, memory_reader
+from reefmap.sources.base import (
+    Reader,
+    ReaderBase,
+    cache_reader,
+    clear_reader_cache,
+    open_reader,
+    reader_of,
+    reader_to_dataarray,
+    register_reader,
+)
+from reefmap.sources.memory import MemoryReader, is_dataarray, memory_reader
 
 __all__ = [
     "open_mosaic",
@@ -29,6 +38,7 @@ __all__ = [
     "reader_of",
     "reader_to_dataarray",
     "register_reader",
+    "clear_reader_cache",
 ]
 
 _LAZY = {
@@ -120,14 +130,14 @@ def open_source(source: Any, *, crs: Any = None, resolution: Any = None, variabl
                 raise InvalidParameter(f"crs {crs!r} has no EPSG code; stackstac needs one (e.g. crs='EPSG:32618')")
         cs = chunks.get("y", 1024) if isinstance(chunks, dict) else (chunks or 1024)
         reader = StacReader(source, epsg=epsg, resolution=resolution, chunksize=int(cs))
-    return _adopt(reader)
+    return cache_reader(reader)  # the newest wins: it has just read the current metadata
 
 
 def source_kind(source: Any, storage_options: dict | None = None) -> str:
     """``"reader"``, ``"memory"``, ``"zarr"``, ``"geotiff"`` or ``"stac"`` for ``source`` (else ``InvalidParameter``)."""
     if isinstance(source, Reader):
         return "reader"
-    if _is_dataarray(source):
+    if is_dataarray(source):
         return "memory"
     from reefmap.sources.stac import is_stac_like  # light: pystac only
 
@@ -182,22 +192,3 @@ def _check_no_reprojection(reader, crs, resolution, what: str) -> None:
                 f"{what} has resolution {mine}, not resolution={resolution!r}; resampling is supported for GeoTIFF "
                 "and STAC sources only: leave resolution= out"
             )
-
-
-def _adopt(reader: Reader) -> Reader:
-    """Put a freshly made reader in ``open_reader``'s per-process cache, so that unpickling its spec in this
-    process gives back this very reader (and the files it has open) instead of opening everything again."""
-    from reefmap.sources import base
-
-    key = base.spec_key(reader.spec())
-    with base._LOCK:
-        base._CACHE[key] = reader  # the newest wins: it has just read the current metadata
-    return reader
-
-
-def _is_dataarray(obj) -> bool:
-    try:
-        import xarray as xr
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, xr.DataArray)

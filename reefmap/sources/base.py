@@ -2,9 +2,10 @@
 
 A ``Reader`` knows its grid (``GeoBox``), band names, dtype and nodata value, and reads a pixel window of
 shape ``(band, y, x)``. Windows may extend past the grid (a halo at the mosaic's edge): those pixels come
-back as nodata. Readers are described by a JSON ``spec`` so a worker can rebuild one; ``open_reader(spec)``
-caches them per process, and a pickled reader travels as its spec — so a file is opened once per worker,
-never once per tile, and no open handle is ever pickled.
+back as nodata. Readers are described by a JSON ``spec`` so a worker can rebuild one: ``READERS`` names the
+factory of each kind, ``open_reader(spec)`` builds and caches them per process (a bounded LRU), and a pickled
+reader travels as its spec — so a file is opened once per worker, never once per tile, and no open handle is
+ever pickled.
 
 Pixel validity convention: a pixel is nodata when *every* band equals ``nodata`` (or is NaN for floats).
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
+from importlib import import_module
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -35,17 +38,46 @@ class Reader(Protocol):
         """A JSON-serialisable description; ``open_reader(spec)`` rebuilds an equivalent reader."""
 
 
-_FACTORIES: dict[str, Callable[[dict], Reader]] = {}
-_CACHE: dict[str, Reader] = {}
+#: reader kind → ``"module:factory"`` building a reader from a spec of that kind; the module is imported the first
+#: time such a spec is opened (so opening a GeoTIFF never imports zarr, and a worker rebuilds any kind it is sent)
+READERS: dict[str, str] = {
+    "memory": "reefmap.sources.memory:MemoryReader.from_spec",
+    "zarr": "reefmap.sources.zarr_source:ZarrReader.from_spec",
+    "geotiff": "reefmap.sources.geotiff:GeoTIFFMosaicReader.from_spec",
+    "stac": "reefmap.sources.stac:StacReader.from_spec",
+    "synthetic": "reefmap.synthetic.reader:SyntheticReader.from_spec",  # a layer above: named, never imported here
+}
+_FACTORIES: dict[str, Callable[[dict], Reader] | str] = dict(READERS)  # + register_reader's; strings until first use
+
+#: the per-process reader cache: the most recently used readers by spec, at most this many (older ones are
+#: dropped, closing their files once no caller holds them); ``clear_reader_cache()`` empties it
+READER_CACHE_SIZE = 64
+_CACHE: OrderedDict[str, Reader] = OrderedDict()
 _LOCK = threading.Lock()
 
 
-def register_reader(kind: str, factory: Callable[[dict], Reader]) -> None:
-    """Make ``open_reader({"kind": kind, ...})`` call ``factory(spec)``."""
+def register_reader(kind: str, factory: Callable[[dict], Reader] | str) -> None:
+    """Make ``open_reader({"kind": kind, ...})`` call ``factory(spec)`` (a callable, or a ``"module:factory"``
+    string imported on first use): for reader kinds outside reefmap. Every process that opens such a spec
+    (dask workers included) must have registered it."""
     _FACTORIES[kind] = factory
 
 
+def _factory(kind) -> Callable[[dict], Reader]:
+    f = _FACTORIES.get(kind)
+    if f is None:
+        raise InvalidParameter(f"unknown mosaic source kind {kind!r}; known kinds: {sorted(_FACTORIES)}")
+    if isinstance(f, str):
+        module, _, attr = f.partition(":")
+        f = import_module(module)
+        for part in attr.split("."):
+            f = getattr(f, part)
+        _FACTORIES[kind] = f
+    return f
+
+
 def spec_key(spec: dict) -> str:
+    """A spec's canonical JSON text: the key of the reader cache, and part of the mosaic's dask name."""
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
@@ -71,21 +103,40 @@ def public_spec(spec):
 
 
 def open_reader(spec: dict) -> Reader:
-    """The reader for ``spec``, built once per process and then reused."""
+    """The reader for ``spec``, built once per process and then reused (see ``READER_CACHE_SIZE``)."""
     key = spec_key(spec)
     with _LOCK:
         r = _CACHE.get(key)
-    if r is not None:
-        return r
-    kind = spec.get("kind")
-    if kind not in _FACTORIES:
-        from reefmap.sources import _register_builtin  # noqa: F401  (import side effect: registers built-in kinds)
-
-    if kind not in _FACTORIES:
-        raise InvalidParameter(f"unknown mosaic source kind {kind!r}; known kinds: {sorted(_FACTORIES)}")
-    r = _FACTORIES[kind](spec)
+        if r is not None:
+            _CACHE.move_to_end(key)
+            return r
+    r = _factory(spec.get("kind"))(spec)
     with _LOCK:
-        return _CACHE.setdefault(key, r)
+        r = _CACHE.setdefault(key, r)  # another thread may have built it meanwhile: keep the first
+        _remember(key, r)
+    return r
+
+
+def cache_reader(reader: Reader) -> Reader:
+    """Put a freshly made ``reader`` in ``open_reader``'s cache under its spec, replacing any older one, so that
+    unpickling its spec in this process gives back this very reader (and the files it has open)."""
+    key = spec_key(reader.spec())
+    with _LOCK:
+        _remember(key, reader)
+    return reader
+
+
+def _remember(key: str, reader: Reader) -> None:  # with _LOCK held
+    _CACHE[key] = reader
+    _CACHE.move_to_end(key)
+    while len(_CACHE) > READER_CACHE_SIZE:
+        _CACHE.popitem(last=False)
+
+
+def clear_reader_cache() -> None:
+    """Forget every cached reader: the next ``open_reader`` of any spec builds a new one (re-reading metadata)."""
+    with _LOCK:
+        _CACHE.clear()
 
 
 class ReaderBase:

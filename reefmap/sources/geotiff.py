@@ -20,7 +20,7 @@ from affine import Affine
 from reefmap.errors import CorruptSource, CRSMismatch, InvalidParameter, SourceError, SourceNotFound
 from reefmap.geometry.grid import GeoBox, Shape, Window, _crs_string
 from reefmap.sources import urls
-from reefmap.sources.base import ReaderBase, register_reader
+from reefmap.sources.base import ReaderBase
 from reefmap.sources.memory import coerce_nodata
 
 #: how far (in pixels) a file's origin may sit from the common pixel grid and still count as aligned
@@ -541,6 +541,3 @@ def _file_window(f: FileInfo, geobox: GeoBox, inter: Window) -> Window:
     """Mosaic window ``inter`` in the pixel coordinates of (directly read) file ``f``."""
     c, r = (int(round(v)) for v in _offsets(f, geobox.transform))
     return Window(inter.row_start - r, inter.row_stop - r, inter.col_start - c, inter.col_stop - c)
-
-
-register_reader(GeoTIFFMosaicReader.kind, GeoTIFFMosaicReader.from_spec)

@@ -15,7 +15,7 @@ import numpy as np
 
 from reefmap.errors import InvalidParameter, SourceError
 from reefmap.geometry.grid import GeoBox, Shape, Window
-from reefmap.sources.base import ReaderBase, register_reader
+from reefmap.sources.base import ReaderBase
 
 _REGISTRY: dict[str, "MemoryReader"] = {}
 _REG_LOCK = threading.Lock()
@@ -77,7 +77,7 @@ def memory_reader(array, geobox: GeoBox | None = None, nodata: Any = "auto", ban
     The array is kept in a process-local registry until ``reader.release()``.
     """
     arr = array
-    if _is_dataarray(arr):
+    if is_dataarray(arr):
         da = arr
         if da.ndim == 2:
             da = da.expand_dims("band")
@@ -138,11 +138,10 @@ def coerce_nodata(value, dtype):
     return v
 
 
-def _is_dataarray(obj) -> bool:
-    try:
-        import xarray as xr
-    except ImportError:  # pragma: no cover
-        return False
+def is_dataarray(obj) -> bool:
+    """Whether ``obj`` is an ``xarray.DataArray``."""
+    import xarray as xr
+
     return isinstance(obj, xr.DataArray)
 
 
@@ -164,6 +163,3 @@ def _dataarray_nodata(da):
     if nd is None:
         nd = da.attrs.get("nodata", da.attrs.get("_FillValue"))
     return None if nd is None else np.asarray(nd).item()
-
-
-register_reader(MemoryReader.kind, MemoryReader.from_spec)

@@ -17,7 +17,7 @@ import numpy as np
 from reefmap.errors import CorruptSource, CRSMismatch, InvalidParameter, SourceError, SourceNotFound
 from reefmap.geometry.grid import GeoBox, Shape, Window
 from reefmap.sources import urls
-from reefmap.sources.base import ReaderBase, register_reader
+from reefmap.sources.base import ReaderBase
 from reefmap.sources.memory import coerce_nodata
 
 
@@ -215,6 +215,3 @@ def _first_valid(block: np.ndarray, nodata) -> np.ndarray:
         out[:, take] = block[k][:, take]
         filled |= take
     return out
-
-
-register_reader(StacReader.kind, StacReader.from_spec)

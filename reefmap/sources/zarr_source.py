@@ -19,7 +19,7 @@ from affine import Affine
 from reefmap.errors import CorruptSource, SourceError, SourceNotFound
 from reefmap.geometry.grid import GeoBox, Shape, Window
 from reefmap.sources import urls
-from reefmap.sources.base import ReaderBase, register_reader
+from reefmap.sources.base import ReaderBase
 from reefmap.sources.memory import coerce_nodata
 
 DIMS = ("band", "y", "x")
@@ -276,6 +276,3 @@ def _band_names(group, nb: int) -> tuple[str, ...]:
             if len(set(names)) == nb:
                 return names
     return tuple(str(i + 1) for i in range(nb))
-
-
-register_reader(ZarrReader.kind, ZarrReader.from_spec)
