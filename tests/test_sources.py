@@ -756,3 +756,65 @@ def test_reader_pass_through(tif_mosaic):
     m2 = open_mosaic(r, chunks=50)
     assert reader_of(m2) is r and m2.chunks[1][0] == 50
     np.testing.assert_array_equal(m2.values, img)
+
+
+# -- the reader table and the reader cache -------------------------------------------------------------------
+def test_every_reader_kind_comes_from_the_explicit_table():
+    """``READERS`` names each built-in kind's factory; opening a spec imports just its module (no side effects)."""
+    import importlib
+    import subprocess
+    import sys
+
+    from reefmap.sources import base
+
+    assert set(base.READERS) == {"memory", "zarr", "geotiff", "stac", "synthetic"}
+    for kind, target in base.READERS.items():
+        module, _, attr = target.partition(":")
+        factory = importlib.import_module(module)
+        for part in attr.split("."):
+            factory = getattr(factory, part)
+        assert callable(factory), kind
+    code = ("import json, sys\n"
+            "from reefmap.sources.base import open_reader\n"
+            "from reefmap.synthetic.reader import synthetic_geobox\n"
+            "r = open_reader({'kind': 'synthetic', 'geobox': synthetic_geobox(16).to_json(), 'world': {'seed': 1}})\n"
+            "print(type(r).__name__, 'reefmap.sources.zarr_source' in sys.modules, 'reefmap.sources.geotiff' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["SyntheticReader", "False", "False"]
+    with pytest.raises(InvalidParameter, match="unknown mosaic source kind 'nope'.*geotiff"):
+        open_reader({"kind": "nope"})
+
+
+def test_register_reader_adds_an_outside_kind():
+    from reefmap.sources import clear_reader_cache, memory_reader, register_reader
+
+    inner = memory_reader(np.ones((1, 4, 4), np.uint8), GeoBox(Shape(4, 4), T0, "EPSG:32618"))
+    register_reader("test-outside", lambda spec: inner)  # a kind no other test uses
+    assert open_reader({"kind": "test-outside", "n": 1}) is inner
+    register_reader("test-outside-by-name", "reefmap.sources.memory:MemoryReader.from_spec")
+    assert open_reader({"kind": "test-outside-by-name", "id": inner.id}) is inner
+    clear_reader_cache()
+    inner.release()
+
+
+def test_reader_cache_is_a_bounded_lru_that_can_be_cleared(monkeypatch):
+    """Rule: ``open_reader`` keeps the ``READER_CACHE_SIZE`` most recently used readers, keyed by the spec's
+    canonical JSON; an older one is dropped (and rebuilt when asked again); ``clear_reader_cache`` drops all."""
+    from reefmap.sources import base, clear_reader_cache
+    from reefmap.synthetic.reader import synthetic_geobox
+
+    monkeypatch.setattr(base, "READER_CACHE_SIZE", 3)
+    clear_reader_cache()
+    g = synthetic_geobox(8).to_json()
+    specs = [{"kind": "synthetic", "geobox": g, "world": {"seed": s}} for s in range(4)]
+    first = [open_reader(s) for s in specs[:3]]
+    assert [open_reader(dict(reversed(list(s.items())))) for s in specs[:3]] == first  # key order is irrelevant
+    assert open_reader(specs[0]) is first[0]  # now the most recently used: seed 1 is the oldest
+    fourth = open_reader(specs[3])
+    assert open_reader(specs[0]) is first[0] and open_reader(specs[2]) is first[2] and open_reader(specs[3]) is fourth
+    again = open_reader(specs[1])  # it was dropped: a new reader, equal to the old
+    assert again is not first[1] and again.spec() == first[1].spec()
+    clear_reader_cache()
+    assert all(open_reader(s) is not r for s, r in zip(specs[:3], first))
+    clear_reader_cache()
