@@ -1,9 +1,9 @@
 """Training a segmentation bundle on the synthetic reef world (the shipped demo bundle is made this way).
 
-``train_bundle(out, TrainConfig())`` draws random windows of ``reefmap.synthetic.world`` with their truth,
-trains a ``tiny_unet`` with class-weighted cross-entropy (nodata ignored), measures the input normalisation
-and the empty-tile screen boxes from the same data, and writes a bundle. Deterministic for a seed and a
-thread count.
+``train_bundle(out, TrainConfig())`` draws random windows of the synthetic world with their truth
+(``reefmap.synthetic.render.training_pairs``), trains a ``tiny_unet`` with class-weighted cross-entropy (nodata
+ignored), measures the input normalisation and the empty-tile screen boxes from the same data, and writes a
+bundle. Deterministic for a seed and a thread count.
 """
 
 from __future__ import annotations
