@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from reefmap.cluster.local import connected_workers
-from reefmap.errors import InvalidParameter, ReefmapError
+from reefmap.errors import AbandonRun, InvalidParameter, ReefmapError
 from reefmap.geometry.grid import TileGrid
 from reefmap.geometry.webmercator import GlobalRunConfig, describe_grid
 
@@ -199,10 +199,6 @@ def _fmt_s(s: float) -> str:
 
 
 # -- stopping -------------------------------------------------------------------------------------------------
-class AbandonRun(BaseException):
-    """Raised (by the second stop signal) to abandon the tiles in flight at once."""
-
-
 STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGUSR1", None), signal.SIGTERM, signal.SIGINT) if s is not None)
 
 

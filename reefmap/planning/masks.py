@@ -26,18 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from reefmap.errors import InvalidParameter
+from reefmap.errors import MaskError, MaskNotFound
 from reefmap.geometry.grid import TileGrid
 from reefmap.geometry.webmercator import WEB_MERCATOR_HALF, WEB_MERCATOR_MAX_LAT, tile_geobox
 
 VECTOR_SUFFIXES = (".json", ".geojson")
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".nc")
-
-class MaskError(InvalidParameter):
-    """A candidate mask cannot be used (missing, unreadable, without a CRS, or empty)."""
-
-class MaskNotFound(MaskError, FileNotFoundError):
-    """The candidate mask file does not exist."""
 
 @dataclass(frozen=True)
 class MaskInfo:
