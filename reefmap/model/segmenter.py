@@ -20,6 +20,7 @@ import numpy as np
 
 from reefmap.classes import CLASS_NAMES, CLASSES
 from reefmap.errors import ModelError
+from reefmap.options import get_option
 
 BUNDLE_FORMAT = "reefmap-bundle/1"
 DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "demo"
@@ -250,7 +251,7 @@ def load_model(bundle: str | os.PathLike | BundleMeta | None = None, device: str
 
 def _default_threads() -> int | None:
     """Inference threads: ``REEFMAP_INFERENCE_THREADS``, else the dask worker's thread count, else torch's default."""
-    env = os.environ.get("REEFMAP_INFERENCE_THREADS")
+    env = get_option("inference_threads")
     if env:
         return int(env)
     try:
