@@ -15,6 +15,10 @@ grid's tiles — one rasterization at tile resolution (``all_touched``), never p
   takes every source cell that overlaps a tile, partly covered ones included, so any touched cell marks it.
 
 Errors (missing, unreadable, no CRS, empty) are ``MaskError`` naming the file and the fix.
+
+Cache: a mask of a *local* file is kept per process, keyed by the grid, the file's absolute path, size and
+modification time, ``buffer_km`` and ``crs``, so an edited file is read again; the 8 most recently used are kept.
+Remote masks are read every time.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +85,7 @@ def tile_mask(grid: TileGrid, source: str | os.PathLike, buffer_km: float = 0.0,
     key = _cache_key(grid, path, float(buffer_km), crs)
     hit = _CACHE.get(key) if key is not None else None
     if hit is not None:  # the same file, unchanged, on the same grid: a run resubmitted in one process, tests
+        _CACHE.move_to_end(key)
         sel, mi = hit
         return sel.copy() if not info else (sel.copy(), mi)
     if kind == "vector":
@@ -93,17 +99,18 @@ def tile_mask(grid: TileGrid, source: str | os.PathLike, buffer_km: float = 0.0,
     sel = np.ascontiguousarray(sel, dtype=bool)
     mi = MaskInfo(path, kind, crs_s, n, float(buffer_km), int(sel.size), int(sel.sum()), round(time.perf_counter() - t0, 3))
     if key is not None:
-        if len(_CACHE) >= 8:
-            _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = (sel.copy(), mi)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
     return sel if not info else (sel, mi)
 
 
-_CACHE: dict[tuple, tuple[np.ndarray, MaskInfo]] = {}
+_CACHE_SIZE = 8
+_CACHE: "OrderedDict[tuple, tuple[np.ndarray, MaskInfo]]" = OrderedDict()  # see the module docstring
 
 
 def _cache_key(grid: TileGrid, path: str, buffer_km: float, crs: Any) -> tuple | None:
-    """Local files only, keyed by their size and modification time."""
+    """Local files only, keyed by their size and modification time (None: not cached)."""
     if "://" in path:
         return None
     try:

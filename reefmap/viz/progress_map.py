@@ -78,7 +78,7 @@ def progress_png(store: MapStore | str, path: str | os.PathLike, *, scale: int |
     """
     from PIL import Image
 
-    store = store if isinstance(store, MapStore) else MapStore(store)
+    store = store if isinstance(store, MapStore) else MapStore.open_readonly(store)
     grid = store.grid
     states = store.states()
     planned = store.planned()
