@@ -424,6 +424,9 @@ class MapStore:
         keys = (_status_chunk_key(k[len(prefix):]) for k in sync(_list()))
         return [k for k in keys if k is not None]
 
+    def _status_keys(self) -> list[tuple[int, int]]:  # TODO(merge): remove once products uses status_keys
+        return self.status_keys()
+
     def plans(self) -> list:
         from reefmap.planning.plan import Plan
 
