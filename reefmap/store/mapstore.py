@@ -309,14 +309,20 @@ class MapStore:
         self._group = None
 
     # -- tile writes -------------------------------------------------------------------------------------------
+    def _writable(self) -> None:
+        if self.mode == "r":
+            raise StoreError(f"map {self.url!r} was opened read-only; open it with MapStore(url) to write tiles")
+
     def write_tile(self, write: Window, prob: np.ndarray, cls: np.ndarray) -> None:
         """Write one tile's layers (whole, aligned chunks: idempotent and race-free)."""
+        self._writable()
         rs, cs = write.slices
         self.array("reef_probability")[rs, cs] = prob
         self.array("classification")[rs, cs] = cls
 
     def mark(self, idx: TileIndex, state: TileState, error: str | None = None) -> None:
         """Record a tile's state — call only after its pixels are written."""
+        self._writable()
         iy, ix = int(idx[0]), int(idx[1])
         errs = self.array("tile_errors")
         key = f"t{iy}_{ix}"
@@ -328,6 +334,7 @@ class MapStore:
         self.array("tile_status")[iy, ix] = int(state)
 
     def record_plan(self, plan) -> None:
+        self._writable()
         _put_group(self.array("plans"), plan.token, plan.to_json())
 
     # -- reading state -----------------------------------------------------------------------------------------
