@@ -3,8 +3,8 @@
 Every CRS reefmap stores or compares is the text ``norm_crs`` gives (``EPSG:n`` when the CRS has an EPSG code,
 else its WKT), so two spellings of one CRS compare equal as strings.
 
-Cache: ``norm_crs`` and ``wrap_period`` remember their answers per CRS *text* (a pure function of it: pyproj's
-database does not change while a process runs), at most 256 entries each, never invalidated.
+Cache: ``norm_crs``, ``is_geographic`` and ``wrap_period`` remember their answers per CRS *text* (a pure function
+of it: pyproj's database does not change while a process runs), at most 256 entries each, never invalidated.
 """
 
 from __future__ import annotations
@@ -38,9 +38,14 @@ def _canonical(c) -> str:
 
 def is_geographic(crs: Any) -> bool:
     """Whether the CRS's coordinates are longitude/latitude."""
+    return _is_geographic_text(norm_crs(crs))
+
+
+@lru_cache(maxsize=256)
+def _is_geographic_text(crs: str) -> bool:
     from pyproj import CRS
 
-    return bool(CRS.from_user_input(norm_crs(crs)).is_geographic)
+    return bool(CRS.from_user_input(crs).is_geographic)
 
 
 @lru_cache(maxsize=256)

@@ -228,8 +228,8 @@ class GeoBox:
         r0, r1 = min(w.row_start for w in found), max(w.row_stop for w in found)
         found = [Window(r0, r1, w.col_start, w.col_stop) for w in found]
         a, b = found[0], found[-1]
-        if len(found) == 1 or period is None or b.col_start <= a.col_stop and a.col_start <= b.col_stop \
-                or b.col_start >= a.col_stop:
+        if (len(found) == 1 or period is None or (b.col_start <= a.col_stop and a.col_start <= b.col_stop)
+                or b.col_start >= a.col_stop):
             # one continuous stretch of the grid (overlapping, adjacent, or already in west-to-east order)
             return [BoxPiece(Window(r0, r1, min(w.col_start for w in found), max(w.col_stop for w in found)))]
         # a box crossing the antimeridian on a wrapping grid: the first piece at the grid's east end, the second at its west end
@@ -246,9 +246,10 @@ class GeoBox:
         Raises ``BBoxError`` when the box misses the grid, or crosses the antimeridian onto both ends of a grid
         that wraps around it (no one window covers that: use ``bbox_pieces`` or ``TileGrid.tiles_touching``).
         """
-        pieces = self.bbox_pieces(bbox, bbox_crs, what=what)
+        box = bbox if isinstance(bbox, BBox) else BBox.parse(bbox)
+        pieces = self.bbox_pieces(box, bbox_crs, what=what)
         if len(pieces) > 1:
-            raise BBoxError(f"bbox {tuple(bbox)} crosses the antimeridian onto both ends of {what}: no one window "
+            raise BBoxError(f"bbox {tuple(box)} crosses the antimeridian onto both ends of {what}: no one window "
                             "covers it; use GeoBox.bbox_pieces or TileGrid.tiles_touching")
         return pieces[0].window
 
