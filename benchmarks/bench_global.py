@@ -37,7 +37,7 @@ _PLAN_CHILD = r"""
 import json, resource, sys, time, tracemalloc
 t0 = time.perf_counter()
 tracemalloc.start()
-from reefmap.geometry.webmercator import GlobalRunConfig
+from reefmap.config import GlobalRunConfig
 from reefmap.execute.batch import plan_global
 cfg = GlobalRunConfig.from_yaml(sys.argv[1], mask=sys.argv[2] if len(sys.argv) > 2 else None,
                                 buffer_km=float(sys.argv[3]) if len(sys.argv) > 3 else None)

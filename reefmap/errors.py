@@ -40,6 +40,26 @@ class BBoxError(InvalidParameter):
     """A bounding box is malformed or does not intersect the mosaic."""
 
 
+class GeometryError(InvalidParameter):
+    """A query polygon is malformed, invalid, empty, or not in lon/lat."""
+
+
+class MaskError(InvalidParameter):
+    """A candidate mask cannot be used (missing, unreadable, without a CRS, or empty)."""
+
+
+class MaskNotFound(MaskError, FileNotFoundError):
+    """The candidate mask file does not exist."""
+
+
+class UnknownLayer(InvalidParameter):
+    """A layer name is not one of the map's layers."""
+
+
+class UnsupportedFormat(InvalidParameter):
+    """The output's extension names no format reefmap writes."""
+
+
 class ModelError(ReefmapError):
     """A model bundle is missing, malformed, or cannot run where asked."""
 
@@ -56,6 +76,10 @@ class NotAReefmapStore(StoreError):
     """A path holds something that is not a reefmap map."""
 
 
+class OutputExists(StoreError):
+    """The output path exists and overwriting was not asked for."""
+
+
 class TileFailures(ReefmapError):
     """A run finished, but some tiles failed (each is recorded in the store with its reason)."""
 
@@ -66,3 +90,11 @@ class TileFailures(ReefmapError):
 
 class ClusterError(ReefmapError):
     """A cluster profile or launch request cannot be honoured."""
+
+
+class AbandonRun(BaseException):
+    """Raised (by the second stop signal) to abandon the tiles in flight at once.
+
+    A control-flow signal, not a user error: like ``KeyboardInterrupt`` it derives from ``BaseException`` so that
+    no ``except Exception`` on the way swallows it.
+    """

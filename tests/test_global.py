@@ -18,9 +18,9 @@ import pytest
 
 from conftest import REPO, shared_data
 from reefmap.errors import InvalidParameter, ReefmapError
-from reefmap.geometry.grid import TileGrid, TileIndex
-from reefmap.geometry.webmercator import (WEB_MERCATOR_HALF, GlobalRunConfig, grid_from_config, quad_lattice, tile_geobox,
-                              tile_of_lonlat, web_mercator_quads)
+from reefmap.config import GlobalRunConfig, grid_from_config
+from reefmap.geometry.grid import TileGrid, TileIndex, tile_of_lonlat
+from reefmap.geometry.webmercator import WEB_MERCATOR_HALF, quad_lattice, tile_geobox, web_mercator_quads
 
 REEFS = ("natural-earth", "ne_10m_reefs.json")
 GBR = (146.8, -18.6)  # central Great Barrier Reef, off Townsville

@@ -27,7 +27,7 @@ def add_commands(subparsers) -> None:
 
 def cmd_plan(a: argparse.Namespace) -> int:
     from reefmap.execute.batch import plan_global
-    from reefmap.geometry.webmercator import GlobalRunConfig
+    from reefmap.config import GlobalRunConfig
 
     cfg = GlobalRunConfig.from_yaml(a.config, mask=a.mask, buffer_km=a.buffer_km)
     gp = plan_global(cfg)

@@ -51,6 +51,7 @@ import yaml
 
 from reefmap.cluster.local import connected_workers
 from reefmap.errors import ClusterError, InvalidParameter
+from reefmap.options import get_option
 
 __all__ = [
     "PROFILES_ENV",
@@ -113,7 +114,7 @@ class _Profile:
 # ------------------------------------------------------------------------------------------------ finding profiles
 def profile_dirs() -> list[Path]:
     """The directories searched for ``<name>.yaml``, in order: ``$REEFMAP_PROFILES`` entries, then the repository's."""
-    dirs = [Path(p).expanduser() for p in os.environ.get(PROFILES_ENV, "").split(os.pathsep) if p.strip()]
+    dirs = [Path(p).expanduser() for p in get_option("profiles")]
     return [*dirs, REPO_PROFILES]
 
 

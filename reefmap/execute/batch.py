@@ -36,9 +36,9 @@ from typing import Any, Callable
 import numpy as np
 
 from reefmap.cluster.local import connected_workers
-from reefmap.errors import InvalidParameter, ReefmapError
+from reefmap.errors import AbandonRun, InvalidParameter, ReefmapError
 from reefmap.geometry.grid import TileGrid
-from reefmap.geometry.webmercator import GlobalRunConfig, describe_grid
+from reefmap.config import GlobalRunConfig, describe_grid
 
 log = logging.getLogger("reefmap.execute.batch")
 
@@ -77,13 +77,13 @@ class GlobalPlan:
 
 def plan_global(cfg: GlobalRunConfig) -> GlobalPlan:
     """The tile selection of ``cfg``: its grid, restricted to ``region`` and to the tiles the mask keeps."""
-    from reefmap.planning.masks import region_mask, tile_mask
+    from reefmap.planning.masks import tile_mask
 
     t0 = time.perf_counter()
     grid = cfg.grid
     sel = np.ones(tuple(grid.shape), bool)
     if cfg.region is not None:
-        sel &= region_mask(grid, cfg.region)
+        sel &= grid.tiles_touching(cfg.region)
     in_region = int(sel.sum())
     info = None
     if cfg.mask is not None:
@@ -200,10 +200,6 @@ def _fmt_s(s: float) -> str:
 
 
 # -- stopping -------------------------------------------------------------------------------------------------
-class AbandonRun(BaseException):
-    """Raised (by the second stop signal) to abandon the tiles in flight at once."""
-
-
 STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGUSR1", None), signal.SIGTERM, signal.SIGINT) if s is not None)
 
 

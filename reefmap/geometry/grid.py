@@ -16,6 +16,7 @@ import numpy as np
 from affine import Affine
 
 from reefmap.errors import BBoxError, InvalidParameter
+from reefmap.geometry.crs import is_geographic, max_latitude, norm_crs, transform_bounds, wrap_period
 
 
 class Shape(NamedTuple):
@@ -105,13 +106,21 @@ class Window:
         return cls(*map(int, v))
 
 
-def _crs_string(crs: Any) -> str:
-    """Canonical text for a CRS: ``EPSG:n`` when it has an EPSG code, else WKT."""
-    from pyproj import CRS
+def split_antimeridian(bbox: BBox) -> list[BBox]:
+    """A lon/lat box with W > E crosses the antimeridian: its pieces ``[W, 180]`` and ``[-180, E]``; else ``[bbox]``."""
+    if bbox.left < bbox.right:
+        return [bbox]
+    return [BBox(bbox.left, bbox.bottom, 180.0, bbox.top), BBox(-180.0, bbox.bottom, bbox.right, bbox.top)]
 
-    c = CRS.from_user_input(crs)
-    epsg = c.to_epsg()
-    return f"EPSG:{epsg}" if epsg is not None else c.to_wkt()
+
+@dataclass(frozen=True)
+class BoxPiece:
+    """One stretch of a grid that a box covers: its pixel ``window``, and ``x_shift`` to add to the piece's x
+    coordinates so that it lies east of the piece before it (one wrap period for the eastern piece of a box
+    crossing the antimeridian on a grid that goes round the globe; else 0)."""
+
+    window: Window
+    x_shift: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,7 @@ class GeoBox:
             raise InvalidParameter(f"grid shape {tuple(self.shape)} must be positive in y and x")
         if not isinstance(self.transform, Affine):
             object.__setattr__(self, "transform", Affine(*list(self.transform)[:6]))
-        object.__setattr__(self, "crs", _crs_string(self.crs))
+        object.__setattr__(self, "crs", norm_crs(self.crs))
 
     # -- constructors ---------------------------------------------------------------------------------
     @classmethod
@@ -185,36 +194,107 @@ class GeoBox:
         t = self.transform @ Affine.translation(win.col_start, win.row_start)
         return GeoBox(win.shape, t, self.crs)
 
-    def window_of_bbox(self, bbox: BBox, bbox_crs: Any = "EPSG:4326") -> Window:
-        """Pixel window covering ``bbox`` (given in ``bbox_crs``), clipped to this grid.
+    # -- boxes -> pixels: the one rule (plans, region masks, queries) ------------------------------------------
+    def bbox_pieces(self, bbox: BBox | str, bbox_crs: Any = "EPSG:4326", *, what: str = "the grid",
+                    contiguous: bool = False) -> list[BoxPiece]:
+        """The pixels of this grid that ``bbox`` (a ``BBox`` or "W,S,E,N" in ``bbox_crs``) touches, west to east.
 
-        Raises ``BBoxError`` when the box does not intersect the grid.
+        A lon/lat box (``bbox_crs`` geographic) with W > E crosses the antimeridian and is split there; each
+        piece is clipped to where this grid's CRS is defined (latitudes within the Mercator square; the grid's
+        lon/lat extent for a grid that does not go round the globe), transformed (51 points per edge) and turned
+        into the pixels it touches; box edges within 1e-6 pixel of a pixel edge count as on it. On a grid that
+        wraps (geographic or Mercator) the piece is also tried one period east and west.
+
+        One piece for a box that covers one continuous stretch of the grid; two (the second with ``x_shift`` =
+        one period) for a box crossing the antimeridian on a grid that wraps around it. ``contiguous=True``
+        refuses (``BBoxError``) two pieces that do not join across the antimeridian. Raises ``BBoxError``
+        naming ``what`` and its extent when the box misses the grid.
         """
-        from pyproj import Transformer
+        box = bbox if isinstance(bbox, BBox) else BBox.parse(bbox)
+        crs = norm_crs(bbox_crs)
+        period = wrap_period(self.crs)
+        found: list[Window] = []
+        for part in split_antimeridian(box) if is_geographic(crs) else [box]:
+            sb = self._box_in_my_crs(part, crs)
+            if sb is None:
+                continue
+            for shift in (0.0, period, -period) if period else (0.0,):
+                w = self.pixel_window(BBox(sb.left + shift, sb.bottom, sb.right + shift, sb.top))
+                if w is not None and w not in found:
+                    found.append(w)
+        if not found:
+            raise BBoxError(f"bbox W={box.left}, S={box.bottom}, E={box.right}, N={box.top} does not intersect {what}, "
+                            f"whose extent is {self._extent_text()}; pick a box inside it")
+        r0, r1 = min(w.row_start for w in found), max(w.row_stop for w in found)
+        found = [Window(r0, r1, w.col_start, w.col_stop) for w in found]
+        a, b = found[0], found[-1]
+        if (len(found) == 1 or period is None or (b.col_start <= a.col_stop and a.col_start <= b.col_stop)
+                or b.col_start >= a.col_stop):
+            # one continuous stretch of the grid (overlapping, adjacent, or already in west-to-east order)
+            return [BoxPiece(Window(r0, r1, min(w.col_start for w in found), max(w.col_stop for w in found)))]
+        # a box crossing the antimeridian on a wrapping grid: the first piece at the grid's east end, the second at its west end
+        t = self.transform
+        gap = (t.c + t.a * b.col_start + period) - (t.c + t.a * a.col_stop)
+        if contiguous and abs(gap) > abs(t.a) * 0.5:
+            raise BBoxError(f"bbox {tuple(box)} crosses the antimeridian, but {what} does not wrap around it "
+                            f"continuously (its extent is {self._extent_text()}); split the box at 180°")
+        return [BoxPiece(a), BoxPiece(b, period)]
 
-        if self.crs != _crs_string(bbox_crs):
-            tr = Transformer.from_crs(bbox_crs, self.crs, always_xy=True)
-            l, b, r, t = tr.transform_bounds(*bbox, densify_pts=21)
-        else:
-            l, b, r, t = bbox
-        if not all(map(math.isfinite, (l, b, r, t))):
-            raise BBoxError(f"bbox {tuple(bbox)} cannot be transformed into the mosaic's CRS {self.crs}")
+    def window_of_bbox(self, bbox: BBox | str, bbox_crs: Any = "EPSG:4326", *, what: str = "the mosaic") -> Window:
+        """The pixel window covering ``bbox`` (in ``bbox_crs``), clipped to this grid (``bbox_pieces``' rule).
+
+        Raises ``BBoxError`` when the box misses the grid, or crosses the antimeridian onto both ends of a grid
+        that wraps around it (no one window covers that: use ``bbox_pieces`` or ``TileGrid.tiles_touching``).
+        """
+        box = bbox if isinstance(bbox, BBox) else BBox.parse(bbox)
+        pieces = self.bbox_pieces(box, bbox_crs, what=what)
+        if len(pieces) > 1:
+            raise BBoxError(f"bbox {tuple(box)} crosses the antimeridian onto both ends of {what}: no one window "
+                            "covers it; use GeoBox.bbox_pieces or TileGrid.tiles_touching")
+        return pieces[0].window
+
+    def pixel_window(self, box: BBox, eps: float = 1e-6) -> Window | None:
+        """The pixels that ``box`` (in this grid's CRS) touches, clipped to the grid; None when it misses.
+        Box edges within ``eps`` pixel of a pixel edge count as on it (float noise does not widen a box)."""
         inv = ~self.transform
-        cols, rows = [], []
-        for x, y in ((l, b), (l, t), (r, b), (r, t)):
-            c, rr = inv @ (x, y)
-            cols.append(c)
-            rows.append(rr)
-        win = Window(math.floor(min(rows)), math.ceil(max(rows)), math.floor(min(cols)), math.ceil(max(cols)))
-        inside = win.intersect(Window(0, self.shape.y, 0, self.shape.x))
-        if inside is None:
-            mb = self.geographic_bounds()
-            raise BBoxError(
-                f"bbox {tuple(bbox)} does not intersect the mosaic, whose extent is "
-                f"W={mb.left:.4f}, S={mb.bottom:.4f}, E={mb.right:.4f}, N={mb.top:.4f} (lon/lat); "
-                "pick a box inside it"
-            )
-        return inside
+        cols, rows = zip(*(inv @ (x, y) for x in (box.left, box.right) for y in (box.bottom, box.top)))
+        win = Window(math.floor(min(rows) + eps), math.ceil(max(rows) - eps),
+                     math.floor(min(cols) + eps), math.ceil(max(cols) - eps))
+        return win.intersect(Window(0, self.shape.y, 0, self.shape.x))
+
+    def _box_in_my_crs(self, box: BBox, crs: str) -> BBox | None:
+        """A box in ``crs`` (not crossing the antimeridian) in this grid's CRS; None when it misses the area the
+        grid's CRS can show (a lon/lat box is clipped to it first)."""
+        if crs == self.crs:
+            return box
+        if is_geographic(crs):
+            if wrap_period(self.crs) is not None:
+                lim = max_latitude(self.crs)
+                s, n = max(box.bottom, -lim), min(box.top, lim)
+                if s >= n:
+                    return None
+                box = BBox(box.left, s, box.right, n)
+            else:
+                gb = self._lonlat_bounds
+                if gb.left < gb.right:
+                    l, r = max(box.left, gb.left), min(box.right, gb.right)
+                    s, n = max(box.bottom, gb.bottom), min(box.top, gb.top)
+                    if l >= r or s >= n:
+                        return None
+                    box = BBox(l, s, r, n)
+        vals = transform_bounds(box, crs, self.crs)
+        return None if vals is None else BBox(*vals)
+
+    @cached_property
+    def _lonlat_bounds(self) -> BBox:
+        try:
+            return self.geographic_bounds()
+        except Exception:  # noqa: BLE001 - a CRS without a lon/lat area of use: the world
+            return BBox(-180.0, -90.0, 180.0, 90.0)
+
+    def _extent_text(self) -> str:
+        b = self._lonlat_bounds
+        return f"W={b.left:.4f}, S={b.bottom:.4f}, E={b.right:.4f}, N={b.top:.4f} (lon/lat)"
 
     def geographic_bounds(self) -> BBox:
         """The grid's extent in lon/lat (EPSG:4326)."""
@@ -295,9 +375,35 @@ class TileGrid:
         t = self.tile
         return (slice(win.row_start // t, -(-win.row_stop // t)), slice(win.col_start // t, -(-win.col_stop // t)))
 
+    def tiles_touching(self, bbox: BBox | str, crs: Any = "EPSG:4326", *, what: str = "the grid") -> np.ndarray:
+        """Boolean ``(tile rows, tile cols)`` array: True for the tiles that touch ``bbox`` (a ``BBox`` or
+        "W,S,E,N" in ``crs``; W > E in lon/lat crosses the antimeridian). The one bbox -> tiles rule: the
+        pixels are ``GeoBox.bbox_pieces``'; ``BBoxError`` when the box misses the grid."""
+        sel = np.zeros(tuple(self.shape), bool)
+        for piece in self.geobox.bbox_pieces(bbox, crs, what=what):
+            sel[self.tiles_in(piece.window)] = True
+        return sel
+
     def to_json(self) -> dict:
         return {"geobox": self.geobox.to_json(), "tile": self.tile}
 
     @classmethod
     def from_json(cls, d: dict) -> "TileGrid":
         return cls(GeoBox.from_json(d["geobox"]), int(d["tile"]))
+
+
+def tile_of_lonlat(grid: TileGrid, lon: float, lat: float) -> TileIndex | None:
+    """The tile of ``grid`` holding the point (lon, lat), or None when it lies outside the grid."""
+    g = grid.geobox
+    x, y = lon, lat
+    if g.crs != "EPSG:4326":
+        from pyproj import Transformer
+
+        x, y = Transformer.from_crs("EPSG:4326", g.crs, always_xy=True).transform(lon, lat)
+    col, row = ~g.transform @ (x, y)
+    if not (math.isfinite(col) and math.isfinite(row)):
+        return None
+    r, c = math.floor(row), math.floor(col)
+    if not (0 <= r < g.shape.y and 0 <= c < g.shape.x):
+        return None
+    return TileIndex(r // grid.tile, c // grid.tile)

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from reefmap.errors import ModelError
+from reefmap.options import get_option
 from reefmap.model.bundle import BundleMeta, read_bundle, write_bundle
 
 
@@ -150,7 +151,7 @@ def load_model(bundle: str | os.PathLike | BundleMeta | None = None, device: str
 
 def _default_threads() -> int | None:
     """Inference threads: ``REEFMAP_INFERENCE_THREADS``, else the dask worker's thread count, else torch's default."""
-    env = os.environ.get("REEFMAP_INFERENCE_THREADS")
+    env = get_option("inference_threads")
     if env:
         return int(env)
     try:

@@ -5,7 +5,8 @@ reef lines) or a raster mask (e.g. a 0.05° "shallow tropical water" GeoTIFF) in
 grid's tiles — one rasterization at tile resolution (``all_touched``), never per pixel, so the zoom-15 globe
 (737k quads) is planned in about a second.
 
-* Vector: features are read in their CRS (GeoJSON's legacy ``crs`` member, or ``crs=``; RFC 7946 says WGS84),
+* Vector: features are read by ``reefmap.geometry.vector.read_geojson``, in their CRS (``crs=``, else GeoJSON's
+  legacy ``crs`` member, else WGS84 as RFC 7946 says),
   buffered by ``buffer_km`` of *ground* distance — done in Web Mercator, where a ground distance d is
   d / cos(lat) Mercator metres, each feature part buffered with the scale at its highest |latitude| (never
   smaller than asked) — reprojected to the grid's CRS, and burnt with ``all_touched=True`` onto a raster with
@@ -14,6 +15,10 @@ grid's tiles — one rasterization at tile resolution (``all_touched``), never p
   takes every source cell that overlaps a tile, partly covered ones included, so any touched cell marks it.
 
 Errors (missing, unreadable, no CRS, empty) are ``MaskError`` naming the file and the fix.
+
+Cache: a mask of a *local* file is kept per process, keyed by the grid, the file's absolute path, size and
+modification time, ``buffer_km`` and ``crs``, so an edited file is read again; the 8 most recently used are kept.
+Remote masks are read every time.
 """
 
 from __future__ import annotations
@@ -21,23 +26,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from reefmap.errors import InvalidParameter
+from reefmap.errors import GeometryError, MaskError, MaskNotFound
 from reefmap.geometry.grid import TileGrid
+from reefmap.geometry.vector import read_geojson, vector_crs
 from reefmap.geometry.webmercator import WEB_MERCATOR_HALF, WEB_MERCATOR_MAX_LAT, tile_geobox
 
 VECTOR_SUFFIXES = (".json", ".geojson")
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".nc")
-
-class MaskError(InvalidParameter):
-    """A candidate mask cannot be used (missing, unreadable, without a CRS, or empty)."""
-
-class MaskNotFound(MaskError, FileNotFoundError):
-    """The candidate mask file does not exist."""
 
 @dataclass(frozen=True)
 class MaskInfo:
@@ -82,8 +84,11 @@ def tile_mask(grid: TileGrid, source: str | os.PathLike, buffer_km: float = 0.0,
         raise MaskError(f"buffer_km {buffer_km!r} must be a number of kilometres >= 0")
     kind = _kind(path)
     key = _cache_key(grid, path, float(buffer_km), crs)
-    hit = _CACHE.get(key) if key is not None else None
-    if hit is not None:  # the same file, unchanged, on the same grid: a run resubmitted in one process, tests
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key) if key is not None else None
+        if hit is not None:  # the same file, unchanged, on the same grid: a run resubmitted in one process, tests
+            _CACHE.move_to_end(key)
+    if hit is not None:
         sel, mi = hit
         return sel.copy() if not info else (sel.copy(), mi)
     if kind == "vector":
@@ -97,17 +102,20 @@ def tile_mask(grid: TileGrid, source: str | os.PathLike, buffer_km: float = 0.0,
     sel = np.ascontiguousarray(sel, dtype=bool)
     mi = MaskInfo(path, kind, crs_s, n, float(buffer_km), int(sel.size), int(sel.sum()), round(time.perf_counter() - t0, 3))
     if key is not None:
-        if len(_CACHE) >= 8:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = (sel.copy(), mi)
+        with _CACHE_LOCK:
+            _CACHE[key] = (sel.copy(), mi)
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
     return sel if not info else (sel, mi)
 
 
-_CACHE: dict[tuple, tuple[np.ndarray, MaskInfo]] = {}
+_CACHE_SIZE = 8
+_CACHE_LOCK = threading.Lock()
+_CACHE: "OrderedDict[tuple, tuple[np.ndarray, MaskInfo]]" = OrderedDict()  # see the module docstring
 
 
 def _cache_key(grid: TileGrid, path: str, buffer_km: float, crs: Any) -> tuple | None:
-    """Local files only, keyed by their size and modification time."""
+    """Local files only, keyed by their size and modification time (None: not cached)."""
     if "://" in path:
         return None
     try:
@@ -136,68 +144,28 @@ def _kind(path: str) -> str:
     return "vector" if head[:1] in (b"{", b"[") else "raster"
 
 # -- vector -------------------------------------------------------------------------------------------------
-def read_vector(path: str, crs: Any = None) -> tuple[list, str]:
-    """Shapely geometries of a GeoJSON file and their CRS (``crs`` > legacy ``crs`` member > WGS84)."""
-    import fsspec
-    import shapely
-
+def _read_vector(path: str, crs: Any = None) -> tuple[list, str]:
+    """Shapely geometries of a GeoJSON mask and their CRS (``crs`` > legacy ``crs`` member > WGS84)."""
     try:
-        with fsspec.open(path, "rb") as f:
-            doc = json.loads(f.read())
-    except (OSError, UnicodeDecodeError) as e:
-        raise MaskError(f"mask file {path!r} cannot be read ({e}); {_FIX}") from None
-    except json.JSONDecodeError as e:
-        raise MaskError(f"mask file {path!r} is not valid GeoJSON ({e}); give a GeoJSON FeatureCollection or a raster "
-                        f"mask (GeoTIFF); {_FIX}") from None
-    if not isinstance(doc, dict) or "type" not in doc:
-        raise MaskError(f"mask file {path!r} is JSON but not GeoJSON (no 'type'); give a FeatureCollection")
-    if doc["type"] == "FeatureCollection":
-        geoms = [f.get("geometry") for f in doc.get("features") or [] if isinstance(f, dict)]
-    elif doc["type"] == "Feature":
-        geoms = [doc.get("geometry")]
-    elif doc["type"] == "GeometryCollection":
-        geoms = list(doc.get("geometries") or [])
-    else:
-        geoms = [doc]
-    geoms = [g for g in geoms if g]
-    try:
-        shapes = [shapely.geometry.shape(g) for g in geoms]
-    except Exception as e:  # shapely raises GeometryTypeError, ValueError, KeyError...
-        raise MaskError(f"mask file {path!r} holds a geometry shapely cannot read ({type(e).__name__}: {e})") from None
-    shapes = [s for s in shapes if not s.is_empty]
+        shapes, crs_s = read_geojson(path, crs)
+    except GeometryError as e:
+        raise MaskError(f"mask {e}; give a GeoJSON FeatureCollection of reef lines or polygons (or a raster mask, "
+                        f"GeoTIFF), and set mask_crs: in the config when its CRS is missing or wrong; {_FIX}") from None
     if not shapes:
         raise MaskError(f"mask file {path!r} holds no geometries; give a GeoJSON with reef lines or polygons")
-    crs_s = _crs_of(path, crs if crs is not None else _legacy_crs(doc, path))
     return shapes, crs_s
 
-def _legacy_crs(doc: dict, path: str) -> str:
-    c = doc.get("crs")
-    if c is None:
-        return "EPSG:4326"  # RFC 7946: GeoJSON is WGS84 lon/lat
-    if isinstance(c, dict) and c.get("type") == "name" and isinstance(c.get("properties"), dict):
-        return str(c["properties"].get("name"))
-    raise MaskError(f"mask file {path!r} has a 'crs' member {c!r} reefmap cannot read; use a named CRS "
-                    "({'type': 'name', 'properties': {'name': 'EPSG:3857'}}) or set mask_crs: in the config")
-
 def _crs_of(path: str, crs: Any) -> str:
-    from pyproj import CRS
-
-    from reefmap.geometry.grid import _crs_string
-
     try:
-        c = CRS.from_user_input(crs)
-    except Exception as e:
-        raise MaskError(f"mask {path!r}: CRS {crs!r} is not one pyproj knows ({e}); set mask_crs: e.g. EPSG:4326") from None
-    if c.to_epsg() is None and c.name in ("WGS 84 (CRS84)",):  # OGC CRS84 = lon/lat WGS84
-        return "EPSG:4326"
-    s = _crs_string(c)
-    return "EPSG:4326" if "CRS84" in s else s
+        return vector_crs(crs, f"mask {path!r}")
+    except GeometryError as e:
+        raise MaskError(f"{e}; set mask_crs: e.g. EPSG:4326") from None
 
 def _vector_mask(grid: TileGrid, path: str, buffer_km: float, crs: Any) -> tuple[np.ndarray, str, int]:
     import shapely
     from pyproj import Transformer
 
-    shapes, crs_s = read_vector(path, crs)
+    shapes, crs_s = _read_vector(path, crs)
     n = len(shapes)
     parts = shapely.get_parts(np.asarray(shapes, dtype=object))
     if buffer_km > 0:
@@ -279,12 +247,5 @@ def _raster_mask(grid: TileGrid, path: str, crs: Any) -> tuple[np.ndarray, str]:
               resampling=Resampling.max, src_nodata=None, dst_nodata=None, init_dest_nodata=False)
     return dst > 0, crs_s
 
-def region_mask(grid: TileGrid, region, region_crs: Any = "EPSG:4326") -> np.ndarray:
-    """Boolean tile array: True for the tiles touching ``region`` (a BBox / "W,S,E,N" in ``region_crs``)."""
-    from reefmap.planning.plan import bbox_selection
-
-    return bbox_selection(grid, region, region_crs)
-
-
-__all__ = ["MaskError", "MaskNotFound", "MaskInfo", "tile_mask", "read_vector", "region_mask"]
+__all__ = ["MaskError", "MaskNotFound", "MaskInfo", "tile_mask"]
 

@@ -106,15 +106,6 @@ class Plan:
                 f"grid {tuple(self.grid.geobox.shape)} {self.grid.geobox.crs}>")
 
 
-def bbox_selection(grid: TileGrid, bbox, bbox_crs: Any = "EPSG:4326") -> np.ndarray:
-    """Boolean tile array: True for the tiles touching ``bbox`` (a ``BBox`` or "W,S,E,N" in ``bbox_crs``)."""
-    box = bbox if isinstance(bbox, BBox) else BBox.parse(bbox)
-    rows, cols = grid.tiles_in(grid.geobox.window_of_bbox(box, bbox_crs))
-    sel = np.zeros(tuple(grid.shape), bool)
-    sel[rows, cols] = True
-    return sel
-
-
 def plan_tiles(geobox: GeoBox, tile: int = 1024, halo: int = 32, *, bbox: BBox | str | None = None,
                bbox_crs: Any = "EPSG:4326", size_multiple: int = 1, mask: np.ndarray | None = None) -> Plan:
     """Plan the tiles of ``geobox`` (optionally only those touching ``bbox``, and/or a tile mask).
@@ -132,7 +123,7 @@ def plan_tiles(geobox: GeoBox, tile: int = 1024, halo: int = 32, *, bbox: BBox |
                 f"use {name} {up}"
             )
     grid = TileGrid(geobox, int(tile))
-    sel = np.ones(tuple(grid.shape), bool) if bbox is None else bbox_selection(grid, bbox, bbox_crs)
+    sel = np.ones(tuple(grid.shape), bool) if bbox is None else grid.tiles_touching(bbox, bbox_crs, what="the mosaic")
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != sel.shape:

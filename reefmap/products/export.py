@@ -30,20 +30,12 @@ import uuid
 import numpy as np
 
 from reefmap.classes import CLASSES
-from reefmap.errors import InvalidParameter, StoreError
+from reefmap.errors import InvalidParameter, OutputExists, UnsupportedFormat
 from reefmap.store.format import CLASS_NODATA, PROB_NODATA, PROB_SCALE
 from reefmap.products.query import _FINISHED, LAYERS, OUTSIDE, UNFINISHED, QueryResult, UnknownLayer
 
 FORMATS = {".tif": "cog", ".tiff": "cog", ".nc": "netcdf", ".zarr": "zarr", ".png": "png"}
 LAYER_CHOICES = (*LAYERS, "both")
-
-
-class OutputExists(StoreError):
-    """The output path exists and overwriting was not asked for."""
-
-
-class UnsupportedFormat(InvalidParameter):
-    """The output's extension names no format reefmap writes."""
 
 
 def output_format(path) -> str:

@@ -40,7 +40,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from reefmap.classes import CLASSES
-from reefmap.errors import BBoxError, InvalidParameter, NotAReefmapStore
+from reefmap.errors import BBoxError, GeometryError, InvalidParameter, NotAReefmapStore, UnknownLayer
 from reefmap.geometry.grid import BBox, GeoBox, Shape, TileGrid, Window
 from reefmap.store.format import (CLASS_NODATA, FINISHED_CODES, OUTSIDE, PROB_NODATA, PROB_SCALE, STORE_FORMAT,
                                   UNFINISHED, TileState)
@@ -55,14 +55,6 @@ OVERVIEWS_ATTR = "reefmap_overviews"
 
 _FINISHED = FINISHED_CODES
 _MERCATOR_LAT = 85.05112877980659
-
-
-class GeometryError(InvalidParameter):
-    """A query polygon is malformed, invalid, empty, or not in lon/lat."""
-
-
-class UnknownLayer(InvalidParameter):
-    """A layer name is not one of the map's layers."""
 
 
 # ------------------------------------------------------------------------------------------------------------

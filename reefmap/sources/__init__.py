@@ -177,9 +177,9 @@ def _location_kind(source, storage_options) -> str:
 def _check_no_reprojection(reader, crs, resolution, what: str) -> None:
     g = reader.geobox
     if crs is not None:
-        from reefmap.geometry.grid import _crs_string
+        from reefmap.geometry.crs import norm_crs
 
-        if _crs_string(crs) != g.crs:
+        if norm_crs(crs) != g.crs:
             raise InvalidParameter(
                 f"{what} is in {g.crs if g.crs.startswith('EPSG:') else 'its own CRS'}, not crs={crs!r}; reprojection "
                 "is supported for GeoTIFF and STAC sources only: leave crs= out, or reproject the data first"

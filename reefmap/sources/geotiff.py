@@ -18,7 +18,8 @@ import numpy as np
 from affine import Affine
 
 from reefmap.errors import CorruptSource, CRSMismatch, InvalidParameter, SourceError, SourceNotFound
-from reefmap.geometry.grid import GeoBox, Shape, Window, _crs_string
+from reefmap.geometry.crs import norm_crs
+from reefmap.geometry.grid import GeoBox, Shape, Window
 from reefmap.sources import urls
 from reefmap.sources.base import ReaderBase
 from reefmap.sources.memory import coerce_nodata
@@ -329,7 +330,7 @@ def _close_all_handles() -> None:
 
 def _canon_crs(crs: Any, what: str) -> str:
     try:
-        return _crs_string(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+        return norm_crs(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
     except Exception as e:  # noqa: BLE001
         raise InvalidParameter(f"{what} {crs!r} is not a CRS pyproj understands (e.g. 'EPSG:32618'): {e}") from e
 

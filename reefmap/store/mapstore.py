@@ -28,7 +28,8 @@ import numpy as np
 from reefmap import __version__
 from reefmap.classes import CLASSES
 from reefmap.errors import NotAReefmapStore, StoreError, StoreMismatch
-from reefmap.geometry.grid import TileGrid, TileIndex, Window
+from reefmap.geometry.grid import GeoBox, TileGrid, TileIndex, Window
+from reefmap.sources import urls
 from reefmap.store.format import (CLASS_NODATA, DATA_VARS, FINISHED_STATES, PROB_NODATA, PROB_SCALE, SKIPPED_STATES,
                                   STORE_FORMAT, TileState)
 
@@ -36,15 +37,12 @@ _log = logging.getLogger(__name__)
 
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
+def _is_url(path: str) -> bool:  # TODO(merge): remove once products uses reefmap.sources.urls.is_local
+    return not urls.is_local(path)
 
 
-def _normalise_url(url: str | os.PathLike) -> str:
-    url = os.fspath(url)
-    if url.startswith("file://"):
-        url = url[len("file://"):]
-    return url if _is_url(url) else os.path.abspath(url)
+def _normalise_url(url: str | os.PathLike) -> str:  # TODO(merge): remove once products uses reefmap.sources.urls.normalize
+    return urls.normalize(url)
 
 
 def code_version() -> str:
@@ -63,48 +61,106 @@ def code_version() -> str:
     return __version__
 
 
-def _spatial_ref_attrs(grid: TileGrid) -> dict:
+def spatial_ref_attrs(geobox: GeoBox) -> dict:
+    """Attributes of a ``spatial_ref`` variable for ``geobox``: CF grid mapping, WKT and GDAL ``GeoTransform``
+    (what rioxarray and GDAL read the CRS and transform from)."""
     from pyproj import CRS
 
-    g = grid.geobox
-    crs = CRS.from_user_input(g.crs)
+    crs = CRS.from_user_input(geobox.crs)
     attrs = {k: v for k, v in crs.to_cf().items() if isinstance(v, (str, int, float))}
-    t = g.transform
+    t = geobox.transform
     attrs.update(crs_wkt=crs.to_wkt(), spatial_ref=crs.to_wkt(),
                  GeoTransform=" ".join(repr(float(v)) for v in (t.c, t.a, t.b, t.f, t.d, t.e)))
     return attrs
 
 
-class MapStore:
-    """A reefmap map on any fsspec URL or local path. Pickles as its URL; reopened lazily per process."""
+def _spatial_ref_attrs(grid: TileGrid) -> dict:  # TODO(merge): remove once products uses spatial_ref_attrs
+    return spatial_ref_attrs(grid.geobox)
 
-    def __init__(self, url: str | os.PathLike, storage_options: dict | None = None):
-        self.url = _normalise_url(url)
+
+def write_grid_coords(group, geobox: GeoBox, tile: int) -> None:
+    """Create in the Zarr ``group`` the coordinates of ``geobox``: ``spatial_ref`` (``spatial_ref_attrs``) and, for
+    an axis-aligned grid, the pixel-centre ``x``/``y`` arrays (chunks of up to 64 tiles of ``tile`` px).
+
+    Each is created only if absent and never overwritten: two runs creating one store at once write identical
+    values, and one that lost the race leaves the winner's alone.
+    """
+    from zarr.errors import ContainsArrayError, ContainsGroupError
+
+    def create(name, **kw):
+        try:
+            return group.create_array(name, overwrite=False, **kw)
+        except (ContainsArrayError, ContainsGroupError):
+            return None
+
+    sref = create("spatial_ref", shape=(), dtype="int64", fill_value=0, attributes=spatial_ref_attrs(geobox))
+    if sref is not None:
+        sref[...] = 0
+    if not geobox.is_axis_aligned:
+        return
+    for name, vals, attrs in (
+        ("x", geobox.xs(), {"standard_name": "projection_x_coordinate", "axis": "X"}),
+        ("y", geobox.ys(), {"standard_name": "projection_y_coordinate", "axis": "Y"}),
+    ):
+        n = len(vals)
+        a = create(name, shape=(n,), chunks=(min(n, tile * 64),), dtype="float64", fill_value=np.nan,
+                   dimension_names=[name], attributes=attrs)
+        if a is not None:
+            a[:] = vals
+
+
+class MapStore:
+    """A reefmap map on any fsspec URL or local path. Pickles as its URL; reopened lazily per process.
+
+    ``mode="r"`` (or ``MapStore.open_readonly``) opens it read-only: what ``status``, queries and exports use;
+    ``"r+"`` (the default) also writes tiles. The public read API: ``group`` (the checked Zarr group),
+    ``open_group`` (a fresh, unchecked handle), ``attrs``/``grid``, ``states``/``status_keys``/``read_states``,
+    ``plans``/``planned``/``errors``.
+
+    What is cached: the Zarr group and array handles, opened once per ``MapStore`` (their metadata is fixed
+    once the store is created). Nothing else: tile states, plans and errors are read afresh on every call.
+    """
+
+    def __init__(self, url: str | os.PathLike, storage_options: dict | None = None, mode: str = "r+"):
+        if mode not in ("r", "r+"):
+            raise StoreError(f"MapStore mode {mode!r} must be 'r' (read-only) or 'r+' (read and write tiles)")
+        self.url = urls.normalize(url)
         self.storage_options = storage_options or {}
+        self.mode = mode
         self._group = None
         self._arrays: dict[str, Any] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def open_readonly(cls, url: str | os.PathLike, storage_options: dict | None = None) -> "MapStore":
+        """The map at ``url``, opened read-only (nothing is read until it is used)."""
+        return cls(url, storage_options, mode="r")
+
     def __reduce__(self):
-        return (MapStore, (self.url, self.storage_options))
+        return (MapStore, (self.url, self.storage_options, self.mode))
 
     def __repr__(self):
-        return f"<MapStore {self.url}>"
+        return f"<MapStore {self.url}{' (read-only)' if self.mode == 'r' else ''}>"
 
     # -- opening ------------------------------------------------------------------------------------------------
-    def _open_group(self, mode: str):
+    def open_group(self, mode: str | None = None):
+        """A new handle on the store's root Zarr group (``mode``: this store's by default); no reefmap checks."""
         import zarr
 
-        kw = {"storage_options": self.storage_options} if _is_url(self.url) else {}
-        return zarr.open_group(self.url, mode=mode, zarr_format=3, **kw)
+        kw = {} if urls.is_local(self.url) else {"storage_options": self.storage_options}
+        return zarr.open_group(self.url, mode=mode or self.mode, zarr_format=3, **kw)
+
+    def _open_group(self, mode: str):  # TODO(merge): remove once products uses open_group
+        return self.open_group(mode)
 
     @property
     def group(self):
+        """The root Zarr group (opened once, in this store's mode); ``NotAReefmapStore`` if it is not a map."""
         if self._group is None:
             with self._lock:
                 if self._group is None:
                     try:
-                        g = self._open_group("r+")
+                        g = self.open_group()
                     except (FileNotFoundError, KeyError) as e:
                         raise NotAReefmapStore(f"{self.url!r} is not a reefmap map (no Zarr group there: {e})") from None
                     except Exception as e:  # zarr raises its own errors for missing/foreign nodes
@@ -172,7 +228,7 @@ class MapStore:
     def _being_created(self) -> bool:
         """A Zarr group holding only reefmap's members but no root attributes yet: another run is creating it."""
         try:
-            g = self._open_group("r")
+            g = self.open_group("r")
         except Exception:
             return False
         return "reefmap" not in g.attrs and set(k for k, _ in g.members()) <= self._MEMBERS
@@ -196,19 +252,16 @@ class MapStore:
             )
 
     def _create(self, grid: TileGrid, identity: dict, provenance: dict) -> None:
-        import zarr
-
         from zarr.errors import ContainsArrayError, ContainsGroupError
 
         for _ in range(20):  # two runs may create the group at the same moment: one wins, the other opens it
             try:
-                g = self._open_group("a")
+                g = self.open_group("a")
                 break
             except ContainsGroupError:
                 continue
-        geo = grid.geobox
         t = grid.tile
-        ny, nx = geo.shape
+        ny, nx = grid.geobox.shape
         common = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
 
         def create_array(name, **kw):
@@ -218,18 +271,7 @@ class MapStore:
             except (ContainsArrayError, ContainsGroupError):
                 return None
 
-        sref = create_array("spatial_ref", shape=(), dtype="int64", fill_value=0, attributes=_spatial_ref_attrs(grid))
-        if sref is not None:
-            sref[...] = 0
-        if geo.is_axis_aligned:
-            for name, vals, n, attrs in (
-                ("x", geo.xs(), nx, {"standard_name": "projection_x_coordinate", "axis": "X"}),
-                ("y", geo.ys(), ny, {"standard_name": "projection_y_coordinate", "axis": "Y"}),
-            ):
-                a = create_array(name, shape=(n,), chunks=(min(n, t * 64),), dtype="float64", fill_value=np.nan,
-                                 dimension_names=[name], attributes=attrs)
-                if a is not None:
-                    a[:] = vals
+        write_grid_coords(g, grid.geobox, t)
         create_array(
             "reef_probability", shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=PROB_NODATA,
             dimension_names=["y", "x"],
@@ -267,14 +309,20 @@ class MapStore:
         self._group = None
 
     # -- tile writes -------------------------------------------------------------------------------------------
+    def _writable(self) -> None:
+        if self.mode == "r":
+            raise StoreError(f"map {self.url!r} was opened read-only; open it with MapStore(url) to write tiles")
+
     def write_tile(self, write: Window, prob: np.ndarray, cls: np.ndarray) -> None:
         """Write one tile's layers (whole, aligned chunks: idempotent and race-free)."""
+        self._writable()
         rs, cs = write.slices
         self.array("reef_probability")[rs, cs] = prob
         self.array("classification")[rs, cs] = cls
 
     def mark(self, idx: TileIndex, state: TileState, error: str | None = None) -> None:
         """Record a tile's state — call only after its pixels are written."""
+        self._writable()
         iy, ix = int(idx[0]), int(idx[1])
         errs = self.array("tile_errors")
         key = f"t{iy}_{ix}"
@@ -286,6 +334,7 @@ class MapStore:
         self.array("tile_status")[iy, ix] = int(state)
 
     def record_plan(self, plan) -> None:
+        self._writable()
         _put_group(self.array("plans"), plan.token, plan.to_json())
 
     # -- reading state -----------------------------------------------------------------------------------------
@@ -308,7 +357,7 @@ class MapStore:
                 return self._states_via_zarr()
             out = np.zeros(arr.shape, np.uint8)
             url = self.url
-            if "://" not in url:
+            if urls.is_local(url):
                 root = os.path.join(url, "tile_status", "c")
                 if not os.path.isdir(root):
                     return out
@@ -354,13 +403,23 @@ class MapStore:
         """``states()`` through zarr: one codec-pipeline read per tile that has a state (the sure, slow path)."""
         arr = self.array("tile_status")
         out = np.zeros(arr.shape, np.uint8)
-        keys = self._status_keys()
+        keys = self.status_keys()
         if keys:
             iy, ix = np.array(keys, dtype=np.int64).T
             out[iy, ix] = arr.vindex[iy, ix]
         return out
 
-    def _status_keys(self) -> list[tuple[int, int]]:
+    def read_states(self, iy, ix) -> np.ndarray:
+        """The states (uint8) of the tiles ``(iy[k], ix[k])``: one read per tile, for a few selected tiles
+        (``states()`` reads them all in bulk)."""
+        iy, ix = np.asarray(iy, np.int64).ravel(), np.asarray(ix, np.int64).ravel()
+        if not len(iy):
+            return np.zeros(0, np.uint8)
+        return np.asarray(self.array("tile_status").vindex[iy, ix], np.uint8)
+
+    def status_keys(self) -> list[tuple[int, int]]:
+        """``(iy, ix)`` of every tile with a recorded state (one listing of the ``tile_status`` chunks; a tile
+        without one is pending)."""
         from zarr.core.sync import sync
 
         store = self.group.store_path.store
@@ -371,6 +430,9 @@ class MapStore:
 
         keys = (_status_chunk_key(k[len(prefix):]) for k in sync(_list()))
         return [k for k in keys if k is not None]
+
+    def _status_keys(self) -> list[tuple[int, int]]:  # TODO(merge): remove once products uses status_keys
+        return self.status_keys()
 
     def plans(self) -> list:
         from reefmap.planning.plan import Plan

@@ -13,7 +13,7 @@ from reefmap.store.mapstore import MapStore
 
 def status(store: MapStore | str) -> dict:
     """Counts of planned, done, skipped, failed and pending tiles (and percent done) of a map."""
-    store = store if isinstance(store, MapStore) else MapStore(store)
+    store = store if isinstance(store, MapStore) else MapStore.open_readonly(store)
     t0 = time.perf_counter()
     states = store.states()
     planned = store.planned()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reefmap.options import get_option
 from reefmap.store.format import SKIPPED_STATES, TileState
 from reefmap.store.mapstore import MapStore
 
@@ -77,7 +78,7 @@ def progress_png(store: MapStore | str, path: str | os.PathLike, *, scale: int |
     """
     from PIL import Image
 
-    store = store if isinstance(store, MapStore) else MapStore(store)
+    store = store if isinstance(store, MapStore) else MapStore.open_readonly(store)
     grid = store.grid
     states = store.states()
     planned = store.planned()
@@ -129,7 +130,7 @@ def _coastline_path(coastline) -> Path | None:
     if coastline is None or coastline is False:
         return None
     if coastline is True:
-        env = os.environ.get(COASTLINE_ENV)
+        env = get_option("coastline")
         p = Path(env) if env else DEFAULT_COASTLINE
         return p if p.is_file() else None
     p = Path(coastline)
@@ -144,9 +145,9 @@ def _land_raster(grid, path: Path, s: int) -> tuple[np.ndarray, np.ndarray]:
     from rasterio.features import rasterize
 
     from reefmap.geometry.webmercator import WEB_MERCATOR_MAX_LAT
-    from reefmap.planning.masks import read_vector
+    from reefmap.geometry.vector import read_geojson
 
-    geoms, crs = read_vector(str(path))
+    geoms, crs = read_geojson(str(path))
     g = grid.geobox
     lon0, lat0, lon1, lat1 = g.geographic_bounds()
     parts = shapely.get_parts(np.asarray(geoms, dtype=object))
