@@ -66,3 +66,19 @@ class TileFailures(ReefmapError):
 
 class ClusterError(ReefmapError):
     """A cluster profile or launch request cannot be honoured."""
+
+
+class GeometryError(InvalidParameter):
+    """A query polygon is malformed, invalid, empty, or not in lon/lat."""
+
+
+class UnknownLayer(InvalidParameter):
+    """A layer name is not one of the map's layers."""
+
+
+class UnsupportedFormat(InvalidParameter):
+    """An output's extension names no format reefmap writes."""
+
+
+class OutputExists(StoreError):
+    """The output path exists and overwriting was not asked for."""
