@@ -123,7 +123,7 @@ class Piece:
         from affine import Affine
 
         gb = lvl.geobox.window(self.window)
-        return GeoBox(gb.shape, Affine.translation(self.x_shift, 0.0) * gb.transform, gb.crs)
+        return GeoBox(gb.shape, Affine.translation(self.x_shift, 0.0) @ gb.transform, gb.crs)
 
 
 def pieces(info: MapInfo, lvl: Level, box: BBox | None) -> list[Piece]:
@@ -285,7 +285,7 @@ def mask_block(shapes, gb_json: dict, rows: slice, cols: slice) -> np.ndarray:
 
     gb = GeoBox.from_json(gb_json).window(Window(rows.start, rows.stop, cols.start, cols.stop))
     t, (ny, nx) = gb.transform, gb.shape
-    corners = [t * (c + 0.5, r + 0.5) for r in (0, ny - 1) for c in (0, nx - 1)]
+    corners = [t @ (c + 0.5, r + 0.5) for r in (0, ny - 1) for c in (0, nx - 1)]
     hull = shapely.MultiPoint(corners).convex_hull
     if any(shapely.contains_properly(s, hull) for s in shapes):
         return np.ones((ny, nx), bool)

@@ -236,11 +236,15 @@ def _colorbar(fig, cax) -> None:
 
 
 def _legend_grid(items, avail: int) -> tuple[int, int]:
+    """(columns, rows) of the legend: as many columns as fit in ``avail`` px (matplotlib fills column by column)."""
     if not items:
         return 1, 0
-    widest = max(36 + 7 * len(i.label) for i in items)
-    ncol = max(1, min(len(items), avail // widest))
-    return ncol, math.ceil(len(items) / ncol)
+    widths = [40 + 7 * len(i.label) for i in items]
+    for ncol in range(len(items), 0, -1):
+        rows = math.ceil(len(items) / ncol)
+        if sum(max(widths[j:j + rows]) for j in range(0, len(items), rows)) <= avail:
+            return ncol, rows
+    return 1, len(items)
 
 
 def _legend(fig, items: list[LegendItem], ncol: int, anchor) -> None:
@@ -348,10 +352,7 @@ def _graticule(ax, geobox: GeoBox) -> None:
     w_px, h_px = ax.bbox.width, ax.bbox.height
     lon_ticks, lon_step = _ticks(np.nanmin(lon), np.nanmax(lon), int(max(3, min(7, w_px // 150))))
     lat_ticks, lat_step = _ticks(np.nanmin(lat), np.nanmax(lat), int(max(3, min(7, h_px // 90))))
-    from matplotlib.patheffects import withStroke
-
-    style = {"colors": [(1, 1, 1, 0.8)], "linewidths": 0.7, "zorder": 2,
-             "path_effects": [withStroke(linewidth=1.8, foreground=(0, 0, 0, 0.3))]}
+    style = {"colors": [(0.1, 0.1, 0.1, 0.5)], "linewidths": 0.6, "linestyles": "dashed", "zorder": 2}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no contour levels were found" on a map too small for a line
         for field_, ticks in ((lon, lon_ticks), (lat, lat_ticks)):
@@ -398,7 +399,7 @@ def _scale_bar(ax, geobox: GeoBox) -> None:
     mpu, lat = mid
     b = geobox.bounds
     width_m = (b.right - b.left) * mpu
-    want = width_m / 4
+    want = width_m / 5
     k = 10 ** math.floor(math.log10(want))
     length = max(m * k for m in (1, 2, 5) if m * k <= want)
     label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
