@@ -44,7 +44,7 @@ _NSTAT = 2 + len(_CODES)  # sum of probability codes, count of valid probabiliti
 
 def max_levels(tile: int) -> int:
     """Levels possible for a tile size: a level-k pixel must lie inside one tile, so 2^k must divide it."""
-    return min(12, (int(tile) & -int(tile)).bit_length() - 1)  # int32 sums hold 4^12 · 250
+    return min(12, (int(tile) & -int(tile)).bit_length() - 1)  # int32 sums hold 4^12 · PROB_SCALE
 
 
 def default_levels(grid: TileGrid) -> int:

@@ -61,7 +61,7 @@ def quicklook_png(path, ds, *, title: str = "", subtitle: str = "", max_size: in
     if not panels:
         raise InvalidParameter("nothing to draw: the dataset has neither classification nor reef_probability")
     legend.append(nodata_legend())
-    if unfinished is not None:
+    if "tile_state" in ds or (unfinished is not None and unfinished.any()):  # a map's layers (not a bare segment())
         legend.append(unfinished_legend())
     note = f"shown at 1/{step} resolution" if step > 1 else ""
     return render_map(path, geobox_of(ds), panels, title=title, subtitle=subtitle, legend=legend, note=note)
