@@ -154,9 +154,9 @@ def main(argv=None) -> int:
         t, b, k, r = measure(plain, counter, a.repeat)
         rows.append((name, "xr.open_zarr().sel()", 0, r.sizes["y"], r.sizes["x"], t, b, k))
         t, b, k, r = measure(ours, counter, a.repeat)
-        rows.append((name, "reefmap query", r.level, r.geobox.shape.y, r.geobox.shape.x, t, b, k))
+        rows.append((name, "reefmap query", r.attrs["level"], r.sizes["y"], r.sizes["x"], t, b, k))
         t, b, k, r = measure(lambda: ours(overview_res[name]), counter, a.repeat)
-        rows.append((name, f"reefmap query res={overview_res[name]}", r.level, r.geobox.shape.y, r.geobox.shape.x, t, b, k))
+        rows.append((name, f"reefmap query res={overview_res[name]}", r.attrs["level"], r.sizes["y"], r.sizes["x"], t, b, k))
         del r
     print(f"\n{'box':8} {'method':34} {'level':>5} {'shape':>13} {'seconds':>8} {'MB read':>9} {'reads':>6}")
     for name, m, lvl, ny, nx, t, b, k in rows:

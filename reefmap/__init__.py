@@ -13,8 +13,10 @@ _LAZY = {
     "segment": "reefmap.compute.segment",
     "run": "reefmap.execute.runner",
     "plan_tiles": "reefmap.planning.plan",
-    "open_map": "reefmap.products.query",
+    "open_map": "reefmap.products.mapview",
+    "tile_states": "reefmap.products.mapview",
     "query": "reefmap.products.query",
+    "stats": "reefmap.products.stats",
     "synthetic_mosaic": "reefmap.synthetic.reader",
     "status": "reefmap.store.status",
 }

@@ -12,12 +12,14 @@ import rasterio
 import xarray as xr
 from affine import Affine
 
-from reefmap.errors import BBoxError, InvalidParameter, NotAReefmapStore, ReefmapError
-from reefmap.products.export import OutputExists, UnsupportedFormat, export, validate_cog
+from reefmap.errors import (BBoxError, InvalidParameter, NotAReefmapStore, OutputExists, ReefmapError, UnknownLayer,
+                            UnsupportedFormat)
+from reefmap.products.export import export, validate_cog
 from reefmap.geometry.grid import GeoBox, Shape, TileGrid
-from reefmap.products.query import UNFINISHED, UnknownLayer, query
+from reefmap.products.query import query
+from reefmap.viz.render import geobox_of
 from map_fixtures import patterns, write_map
-from reefmap.store.format import TileState
+from reefmap.store.format import PROB_NODATA, UNFINISHED, TileState
 
 P, D = TileState.PENDING, TileState.DONE
 GB = GeoBox(Shape(700, 900), Affine(30.0, 0, 300000.0, 0, -30.0, 2600000.0), "EPSG:32618")
@@ -53,7 +55,7 @@ def cli(argv):
 def test_cog_export_is_valid_and_georeferenced(utm_map, tmp_path):
     url, prob, cls, st, fin = utm_map
     res = query(url, bbox=WHOLE)
-    assert res.geobox.shape == GB.shape
+    assert geobox_of(res).shape == GB.shape and geobox_of(res).transform == GB.transform
     out = export(res, tmp_path / "p.tif")
     assert validate_cog(out) == []
     with rasterio.open(out) as src:
@@ -107,8 +109,8 @@ def test_netcdf_has_a_cf_grid_mapping(utm_map, tmp_path):
         assert p.dtype == np.uint8 and p.scale_factor == pytest.approx(0.004) and p._FillValue == 255
         assert nc.Conventions.startswith("CF")
     ds = xr.open_dataset(out, engine="netcdf4").load()
-    assert ds.rio.crs.to_epsg() == 32618 and ds.rio.transform() == res.geobox.transform
-    ref = res.dataset.load()
+    assert ds.rio.crs.to_epsg() == 32618 and ds.rio.transform() == geobox_of(res).transform
+    ref = res.load()
     np.testing.assert_array_equal(ds.classification.values, ref.classification.values)
     np.testing.assert_array_equal(ds.tile_state.values, ref.tile_state.values)
     np.testing.assert_allclose(ds.reef_probability.values, ref.reef_probability.values, atol=1e-6, equal_nan=True)
@@ -121,18 +123,78 @@ def test_zarr_and_single_layer_exports(utm_map, tmp_path):
     out = export(res, tmp_path / "r.zarr", layer="classification")
     z = xr.open_zarr(out, consolidated=False)
     assert set(z.data_vars) == {"classification", "tile_state"} and z.rio.crs.to_epsg() == 32618
-    np.testing.assert_array_equal(z.classification.values, res.dataset.classification.values)
+    np.testing.assert_array_equal(z.classification.values, res.classification.values)
+
+
+def _colour_mask(img, rgb, tol=0):
+    return (np.abs(img.astype(int) - np.array(rgb)) <= tol).all(-1)
 
 
 def test_png_quicklook_with_legend(utm_map, tmp_path):
     from PIL import Image
 
-    url, *_ = utm_map
+    from reefmap.viz.quicklook import PALETTE, PENDING_RGB
+    from reefmap.viz.render import NODATA_FACE
+
+    url, prob, cls, st, fin = utm_map
     out = export(query(url, bbox=WHOLE), tmp_path / "q.png")
     img = np.asarray(Image.open(out).convert("RGB"))
-    assert img.shape[1] >= 2 * 900 and img.shape[0] > 700  # two panels side by side, a legend below
-    grey = (img == (90, 90, 90)).all(-1)
-    assert grey[18:718].any() and grey[718:].any()  # unfinished tiles drawn grey, and in the legend
+    assert img.shape[1] >= 2 * 900 and img.shape[0] > 700  # two panels side by side at full size, a legend below
+    # the two map areas: the class panel left, the probability panel right (found by their known colours)
+    reef = _colour_mask(img, PALETTE[3])
+    cols = np.nonzero(reef.any(0))[0]
+    rows = np.nonzero(reef.any(1))[0]
+    map_bottom = rows[rows < img.shape[0] - 60].max()
+    grey = _colour_mask(img, PENDING_RGB)
+    assert grey[: map_bottom + 1].any() and grey[map_bottom + 1:].any()  # unfinished tiles drawn grey, and in the legend
+    for code in (1, 2, 3, 4, 5):  # every class colour in the map and again in the legend
+        m = _colour_mask(img, PALETTE[code])
+        assert m[: map_bottom + 1].any() and m[map_bottom + 1:].any(), code
+    viridis0, viridis1 = (68, 1, 84), (253, 231, 37)
+    right = img[:, cols.max() + 1:]
+    assert _colour_mask(right, viridis0, 1).any() and _colour_mask(right, viridis1, 1).any()  # p = 0 and p = 1 ...
+    assert _colour_mask(right, NODATA_FACE).any()  # ... and nodata, which is neither
+    assert tuple(NODATA_FACE) not in {viridis0, viridis1, tuple(PENDING_RGB)}
+
+
+def test_png_of_a_small_region_is_enlarged_and_keeps_nodata_apart_from_zero(tmp_path):
+    """A 4 x 8 px map: the picture's map area is at least 600 px long; nodata, p = 0 and unfinished pixels each keep
+    their own colour; the colour bar is there."""
+    from PIL import Image
+
+    from reefmap.viz.quicklook import PENDING_RGB
+    from reefmap.viz.render import NODATA_FACE, NODATA_HATCH
+
+    gb = GeoBox(Shape(4, 8), Affine(10.0, 0, 500000.0, 0, -10.0, 1000040.0), "EPSG:32655")
+    prob = np.zeros((4, 8), np.uint8)           # p = 0 in columns 0-1 ...
+    prob[:, 2:4] = PROB_NODATA                  # ... nodata in columns 2-3 ...
+    cls = np.full((4, 8), 1, np.uint8)
+    states = np.array([[D, P]], np.uint8)       # ... and columns 4-7 in a pending tile (tile size 4)
+    store, _ = write_map(tmp_path / "s.zarr", gb, 4, prob, cls, states, written=np.ones((1, 2), bool))
+    out = export(query(store.url, bbox=(147.0, 9.0, 147.01, 9.05)), tmp_path / "s.png", layer="reef_probability")
+    img = np.asarray(Image.open(out).convert("RGB"))
+    zero = _colour_mask(img, (68, 1, 84), 1)
+    rows, cols = np.nonzero(zero.any(1))[0], np.nonzero(zero.any(0))[0]
+    assert cols.max() - cols.min() + 1 >= 120 and rows.max() - rows.min() + 1 >= 250  # enlarged
+    ny, nx = img.shape[:2]
+    assert max(ny, nx) >= 600
+    assert _colour_mask(img, PENDING_RGB).sum() > 1000  # the pending half, drawn as unfinished
+    # nodata: hatched (background and hatch colours), never the colour of p = 0
+    assert _colour_mask(img, NODATA_FACE).any() and _colour_mask(img, NODATA_HATCH, 30).any()
+    assert not _colour_mask(np.array([[NODATA_FACE, NODATA_HATCH]]), (68, 1, 84), 30).any()
+    # a colour bar: the whole viridis ramp in a narrow column right of the map
+    bar = img[:, cols.max() + 2:]
+    assert all(_colour_mask(bar, rgb, tol).any() for rgb, tol in [((253, 231, 37), 12), ((33, 145, 140), 4),
+                                                                  ((68, 1, 84), 12)])
+
+
+def test_png_of_a_query_polygon(utm_map, tmp_path):
+    url, *_ = utm_map
+    poly = {"type": "Polygon", "coordinates": [[[-76.9, 23.42], [-76.83, 23.43], [-76.86, 23.47], [-76.9, 23.42]]]}
+    out = export(query(url, geometry=poly), tmp_path / "poly.png")
+    from PIL import Image
+
+    assert Image.open(out).size[0] >= 600
 
 
 def test_existing_output_is_refused_unless_overwrite(utm_map, tmp_path):
@@ -176,7 +238,7 @@ def test_cli_query(utm_map, tmp_path, capsys):
     assert cli(["query", url, "--geometry", str(aoi), "--out", str(tmp_path / "g.nc"), "--layer", "classification",
                 "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
-    assert s["geometry"] and 0 < s["complete_fraction"] < 1 and s["format"] == "netcdf"
+    assert s["geometry"] is True and 0 < s["complete_fraction"] < 1 and s["format"] == "netcdf"
     assert set(xr.open_dataset(tmp_path / "g.nc").data_vars) == {"classification", "tile_state"}
     with pytest.raises(OutputExists):
         cli(["query", url, "--bbox=-76.9,23.42,-76.83,23.47", "--out", str(tmp_path / "a.tif")])

@@ -562,15 +562,24 @@ def test_progress_png_draws_states_legend_and_coastline(tmp_path):
     info = progress_png(st, tmp_path / "p.png", coastline=False)
     img = Image.open(info.path)
     assert str(info) == os.fspath(info) == str(tmp_path / "p.png")
-    assert img.width == info.width == 2048 and img.height > 360 and info.pixels_per_tile == 1
+    left, top, mw, mh = info.map_box
+    assert (img.width, img.height) == (info.width, info.height) and info.pixels_per_tile == 1
+    assert (mh, mw) == tuple(grid.shape) == (360, 2048) and img.height > mh  # one pixel per tile, and a legend
     c = info.counts
     assert c["done"] == (vals == 1).sum() and c["failed"] == (vals == 9).sum()
     assert sum(c.values()) == grid.count and c["pending"] == info.planned - (vals > 0).sum()
-    # a done tile away from the map's outline is green
-    arr = np.asarray(img)
-    map_top = next(r for r in range(img.height) if tuple(arr[r, 0]) == (160, 160, 160))
-    k = next(j for j in range(len(vals)) if vals[j] == 1 and 0 < iy[j] < 359 and 0 < ix[j] < 2047)
-    assert tuple(arr[map_top + iy[k], ix[k]]) == (31, 158, 68)
+    # done tiles away from the map's outline are green, failed ones red, each at its own pixel of the map area
+    # (but where a graticule line or the scale bar crosses it)
+    arr = np.asarray(img.convert("RGB"))
+    inner = (0 < iy) & (iy < 359) & (0 < ix) & (ix < 2047)
+    for state, rgb in ((1, (31, 158, 68)), (9, (220, 30, 30))):
+        sel = inner & (vals == state)
+        hit = (arr[top + iy[sel], left + ix[sel]] == rgb).all(axis=1)
+        assert sel.sum() > 20 and hit.mean() > 0.9, (state, hit.mean())
+    # every state's colour is in the legend under the map
+    below = arr[top + mh + 1:]
+    for rgb in ((31, 158, 68), (92, 132, 204), (220, 30, 30), (245, 176, 40)):
+        assert (below == rgb).all(axis=2).any(), rgb
     # a coastline overlay (a small island here; by default the shared Natural Earth land layer when present)
     island = tmp_path / "island.json"
     island.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": {
@@ -579,7 +588,7 @@ def test_progress_png_draws_states_legend_and_coastline(tmp_path):
     st2, *_ = _store_with_states(tmp_path / "s.zarr", small, 20)
     info2 = progress_png(st2, tmp_path / "s.png", coastline=island)
     assert info2.pixels_per_tile == 16 and info2.coastline == str(island)
-    assert (np.asarray(Image.open(tmp_path / "s.png")) == (120, 120, 120)).all(axis=2).any()
+    assert (np.asarray(Image.open(tmp_path / "s.png").convert("RGB")) == (120, 120, 120)).all(axis=2).any()
     assert progress_png(st2, tmp_path / "n.png", coastline=tmp_path / "absent.json").coastline is None
 
 

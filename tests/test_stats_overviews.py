@@ -14,9 +14,10 @@ from reefmap.products.stats import area_model, stats
 from reefmap.errors import InvalidParameter, NotAReefmapStore
 from reefmap.geometry.grid import GeoBox, Shape, TileGrid, TileIndex
 from reefmap.products.overviews import build_overviews
-from reefmap.products.query import UNFINISHED, open_map, query
+from reefmap.products.mapview import open_map
+from reefmap.products.query import query
 from map_fixtures import CountingReads, write_map
-from reefmap.store.format import TileState
+from reefmap.store.format import UNFINISHED, TileState
 from reefmap.store.mapstore import MapStore
 
 P, D = TileState.PENDING, TileState.DONE
@@ -225,12 +226,12 @@ def test_overviews_values_layout_and_root_untouched(ov_map, monkeypatch):
 def test_query_resolution_uses_the_best_level_and_updates_are_incremental(ov_map):
     store, prob, cls, states = ov_map
     build_overviews(store.url, levels=3)
-    assert query(store.url, bbox=(141, -12, 143, -11), resolution=0.005).level == 0
-    assert query(store.url, bbox=(141, -12, 143, -11), resolution=0.02).level == 1
-    assert query(store.url, bbox=(141, -12, 143, -11), resolution=0.039).level == 1
+    assert query(store.url, bbox=(141, -12, 143, -11), resolution=0.005).attrs["level"] == 0
+    assert query(store.url, bbox=(141, -12, 143, -11), resolution=0.02).attrs["level"] == 1
+    assert query(store.url, bbox=(141, -12, 143, -11), resolution=0.039).attrs["level"] == 1
     res = query(store.url, bbox=(141, -12, 143, -11), resolution=0.04)
-    assert res.level == 2 and res.resolution == pytest.approx(0.04)
-    assert query(store.url, resolution=10).level == 3
+    assert res.attrs["level"] == 2 and res.attrs["resolution"] == pytest.approx(0.04)
+    assert query(store.url, resolution=10).attrs["level"] == 3
     ds = open_map(store.url, level=2)
     fin = np.repeat(np.repeat(np.isin(states, [1, 2, 3, 4]), OT, 0), OT, 1)[:300, :420]
     p, c = reference(prob, cls, fin, 2)
@@ -242,7 +243,7 @@ def test_query_resolution_uses_the_best_level_and_updates_are_incremental(ov_map
     s = MapStore(store.url)
     s.mark(TileIndex(2, 3), TileState.DONE)
     stale = query(store.url, resolution=0.04)
-    assert stale.stale_overview_tiles == 1 and (stale.dataset.classification.values[16:24, 24:32] == UNFINISHED).all()
+    assert stale.attrs["stale_overview_tiles"] == 1 and (stale.classification.values[16:24, 24:32] == UNFINISHED).all()
     up = build_overviews(store.url, levels=3)
     assert up["tiles_updated"] == 1 and up["chunks_written"] == 2 * 3 and not up["full"]
     assert build_overviews(store.url, levels=3)["up_to_date"]
@@ -254,7 +255,7 @@ def test_query_resolution_uses_the_best_level_and_updates_are_incremental(ov_map
         p, c = reference(prob, cls, fin, k)
         np.testing.assert_array_equal(lv.reef_probability.values, p)
         np.testing.assert_array_equal(lv.classification.values, c)
-    assert query(store.url, resolution=0.04).stale_overview_tiles == 0
+    assert query(store.url, resolution=0.04).attrs["stale_overview_tiles"] == 0
 
 
 def test_overview_bad_input(ov_map, tmp_path, capsys):

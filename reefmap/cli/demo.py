@@ -6,11 +6,10 @@ from pathlib import Path
 
 
 def run_demo(out: str | Path, *, size: int = 3072, workers: int | None = None, seed: int = 0, progress: bool = True) -> dict:
-    import zarr
-
-    from reefmap.viz.quicklook import quicklook_png
     from reefmap.execute.runner import run
+    from reefmap.products.mapview import open_map
     from reefmap.synthetic.reader import synthetic_mosaic
+    from reefmap.viz.quicklook import quicklook_png
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -18,7 +17,6 @@ def run_demo(out: str | Path, *, size: int = 3072, workers: int | None = None, s
     mosaic = synthetic_mosaic(size, seed=seed)
     mosaic[:, :8, :8].values  # compiles the synthetic renderer here once, not in every worker at the same time
     summary = run(mosaic, None, store, workers=workers, progress=progress)
-    g = zarr.open_group(str(store), mode="r")
-    png = quicklook_png(out / "reefmap-demo.png", g["classification"][:], g["reef_probability"][:],
-                        title=f"reefmap demo: synthetic world seed {seed}, {size}x{size} px")
+    png = str(quicklook_png(out / "reefmap-demo.png", open_map(store),
+                            title=f"reefmap demo: synthetic world seed {seed}, {size}x{size} px"))
     return {"summary": summary, "store": str(store), "png": png}

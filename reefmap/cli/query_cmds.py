@@ -19,23 +19,23 @@ _BBOX_HELP = ("lon/lat box W,S,E,N (write --bbox=W,S,E,N when W is negative); W 
 
 def cmd_query(a) -> int:
     from reefmap.products.export import export, output_format
-    from reefmap.products.query import query
+    from reefmap.products.query import query, summary
 
     if a.bbox is None and a.geometry is None:
         raise InvalidParameter("give the region: --bbox=W,S,E,N (lon/lat) and/or --geometry FILE.geojson")
     fmt = output_format(a.out)
-    res = query(a.store, bbox=a.bbox, geometry=a.geometry, resolution=a.resolution)
-    if fmt == "png" and a.resolution is None and max(res.geobox.shape) > 1024:
+    ds = query(a.store, bbox=a.bbox, geometry=a.geometry, resolution=a.resolution)
+    if fmt == "png" and a.resolution is None and max(ds.sizes["y"], ds.sizes["x"]) > 1024:
         # a picture shows ~1024 px: read the coarsest overview level that still has that many
-        res = query(a.store, bbox=a.bbox, geometry=a.geometry,
-                    resolution=res.resolution * max(res.geobox.shape) / 1024)
-    path = export(res, a.out, layer=a.layer, overwrite=a.overwrite)
-    s = res.summary()
+        ds = query(a.store, bbox=a.bbox, geometry=a.geometry,
+                   resolution=ds.attrs["resolution"] * max(ds.sizes["y"], ds.sizes["x"]) / 1024)
+    path = export(ds, a.out, layer=a.layer, overwrite=a.overwrite)
+    s = summary(ds)
     if a.json:
         print(json.dumps({**s, "out": path, "format": fmt}, indent=2))
     else:
         print(f"wrote {path} ({fmt}, {s['shape']['y']}x{s['shape']['x']} px, {s['crs']}, level {s['level']}); "
-              f"{100 * res.complete_fraction:.1f}% of its pixels are in finished tiles")
+              f"{100 * s['complete_fraction']:.1f}% of its pixels are in finished tiles")
     return 0
 
 

@@ -1,21 +1,22 @@
-"""Write a query result to a file, by extension: ``.tif`` Cloud-Optimized GeoTIFF, ``.nc`` NetCDF (CF),
-``.zarr`` Zarr v3, ``.png`` a quick-look picture with a legend.
+"""Write a query result (the ``xarray.Dataset`` of ``reefmap.query``) to a file, by extension: ``.tif``
+Cloud-Optimized GeoTIFF, ``.nc`` NetCDF (CF), ``.zarr`` Zarr v3, ``.png`` a quick-look picture.
 
-Encodings (probability p is stored as the map stores it: ``round(p · 250)``):
+Encodings (the codes of ``reefmap.store.format``; probability p is stored as the map stores it:
+``round(p · PROB_SCALE)``):
 
 - **COG** (one layer per file; GDAL's COG driver, DEFLATE, 256-px tiles, internal overviews):
-  ``reef_probability`` uint8 0..250 with band scale 1/250, **254 = unfinished tile**, nodata 255;
-  ``classification`` uint8 codes 0..5 with a colour table, **254 = unfinished tile**, nodata 0. The tags
-  ``UNFINISHED_VALUE=254``, ``COMPLETE_FRACTION``, ``LAYER`` say so. Overviews: classification by MODE;
-  probability by AVERAGE when the export is complete, else NEAREST (so that averaging never blends the 254
-  flag into probabilities).
+  ``reef_probability`` uint8 0..PROB_SCALE with band scale 1/PROB_SCALE, **UNFINISHED = unfinished tile**,
+  nodata PROB_NODATA; ``classification`` uint8 class codes with a colour table, **UNFINISHED = unfinished
+  tile**, nodata CLASS_NODATA. The tags ``UNFINISHED_VALUE``, ``NODATA_VALUE``, ``COMPLETE_FRACTION``,
+  ``LAYER``, ``ENCODING`` give the values. Overviews: classification by MODE; probability by AVERAGE when the
+  export is complete, else NEAREST (so that averaging never blends the UNFINISHED flag into probabilities).
 - **NetCDF** (netCDF4/HDF5, zlib) and **Zarr**: the layers asked for plus ``tile_state`` (always), each with CF
   attributes and ``grid_mapping = "spatial_ref"`` (a CF grid-mapping variable with ``crs_wkt``);
-  ``reef_probability`` packed as uint8 (``scale_factor`` 0.004, ``_FillValue`` 255: it decodes to float with NaN
-  for nodata *and* unfinished), ``classification`` with flag 254 = unfinished, ``tile_state`` with the tile states
-  (255 = outside the polygon).
-- **PNG**: class colours (unfinished in grey) and/or reef probability (a colour ramp; unfinished grey, nodata
-  black), with a legend.
+  ``reef_probability`` packed as uint8 (``scale_factor`` 1/PROB_SCALE, ``_FillValue`` PROB_NODATA: it decodes
+  to float with NaN for nodata *and* unfinished), ``classification`` with the flag UNFINISHED, ``tile_state``
+  with the tile states (OUTSIDE = outside the polygon).
+- **PNG**: class colours and/or reef probability (unfinished grey, nodata hatched), drawn by
+  ``reefmap.viz.quicklook`` with legend, colour bar, lon/lat ticks, scale bar and CRS.
 
 An existing output is refused (``OutputExists``, nothing is touched) unless ``overwrite=True``; outputs are
 written to a temporary sibling first and moved into place only when complete.
@@ -30,9 +31,11 @@ import uuid
 import numpy as np
 
 from reefmap.classes import CLASSES
-from reefmap.errors import InvalidParameter, OutputExists, UnsupportedFormat
-from reefmap.store.format import CLASS_NODATA, PROB_NODATA, PROB_SCALE
-from reefmap.products.query import _FINISHED, LAYERS, OUTSIDE, UNFINISHED, QueryResult, UnknownLayer
+from reefmap.errors import InvalidParameter, OutputExists, UnknownLayer, UnsupportedFormat
+from reefmap.products import storeaccess
+from reefmap.products.mapview import LAYERS
+from reefmap.store.format import CLASS_NODATA, OUTSIDE, PROB_NODATA, PROB_SCALE, UNFINISHED, is_finished
+from reefmap.viz.render import geobox_of
 
 FORMATS = {".tif": "cog", ".tiff": "cog", ".nc": "netcdf", ".zarr": "zarr", ".png": "png"}
 LAYER_CHOICES = (*LAYERS, "both")
@@ -65,25 +68,25 @@ def resolve_layer(fmt: str, layer: str | None) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------------------------------
 # encodings
 # ------------------------------------------------------------------------------------------------------------
-def probability_codes(result: QueryResult):
-    """reef_probability as uint8 (lazy): round(p·250), 254 unfinished, 255 nodata / outside the polygon."""
+def probability_codes(ds):
+    """reef_probability as uint8 (lazy): round(p·PROB_SCALE), UNFINISHED where the tile is unfinished, PROB_NODATA
+    for nodata and outside the polygon."""
     import xarray as xr
 
-    ds = result.dataset
-    st = ds["tile_state"]
     p = ds["reef_probability"]
     code = xr.where(p.isnull(), np.uint8(PROB_NODATA), np.floor(p * PROB_SCALE + 0.5))
-    unfinished = ~st.isin(list(_FINISHED)) & (st != OUTSIDE)
+    if "tile_state" not in ds:
+        return code.astype(np.uint8)
+    st = ds["tile_state"]
+    unfinished = ~is_finished(st) & (st != OUTSIDE)
     return xr.where(unfinished, np.uint8(UNFINISHED), code).astype(np.uint8)
 
 
 def _check_output(path, overwrite: bool) -> str:
-    from reefmap.store.mapstore import _is_url, _normalise_url
-
     s = os.fspath(path)
-    if _is_url(s):
+    if storeaccess.is_url(s):
         raise InvalidParameter(f"output {s!r}: exports are written to local paths only")
-    p = _normalise_url(s.rstrip("/"))
+    p = storeaccess.normalise_url(s.rstrip("/"))
     if os.path.lexists(p) and not overwrite:
         raise OutputExists(f"output {p!r} already exists; pass --overwrite (overwrite=True) to replace it "
                            "(nothing was written)")
@@ -109,19 +112,22 @@ def _discard(tmp: str) -> None:
         os.remove(tmp)
 
 
-def export(result: QueryResult, path, *, layer: str | None = None, overwrite: bool = False) -> str:
-    """Write ``result`` to ``path`` in the format its extension names; returns the path written."""
+def export(ds, path, *, layer: str | None = None, overwrite: bool = False) -> str:
+    """Write ``ds`` (a ``reefmap.query`` result, or any Dataset of its layers with a ``.rio`` CRS) to ``path`` in
+    the format its extension names; returns the path written."""
     fmt = output_format(path)
     layers = resolve_layer(fmt, layer)
-    missing = [v for v in layers if v not in result.dataset]
+    missing = [v for v in layers if v not in ds]
     if missing:
-        raise UnknownLayer(f"layer(s) {missing} were not queried (the result has {list(result.layers)}); "
-                           "query them too")
+        raise UnknownLayer(f"layer(s) {missing} were not queried (the result has "
+                           f"{[v for v in ds.data_vars if v in LAYERS]}); query them too")
+    if geobox_of(ds) is None:
+        raise InvalidParameter("the dataset has no CRS (ds.rio.crs is None); write one with ds.rio.write_crs(...)")
     final = _check_output(path, overwrite)
     d, name = os.path.split(final)
     tmp = os.path.join(d, f".{name}.tmp-{uuid.uuid4().hex[:8]}" + (os.path.splitext(name)[1] if fmt != "zarr" else ".zarr"))
     try:
-        {"cog": _write_cog, "netcdf": _write_netcdf, "zarr": _write_zarr, "png": _write_png}[fmt](result, tmp, layers)
+        {"cog": _write_cog, "netcdf": _write_netcdf, "zarr": _write_zarr, "png": _write_png}[fmt](ds, tmp, layers)
         _replace(tmp, final)
     except BaseException:
         _discard(tmp)
@@ -154,19 +160,25 @@ def _colormap() -> dict:
     return cmap
 
 
-def _write_cog(result: QueryResult, out: str, layers) -> None:
+def _complete_fraction(ds) -> float:
+    return float(ds.attrs.get("complete_fraction", 1.0))
+
+
+def _write_cog(ds, out: str, layers) -> None:
     import dask.array as da
     import rasterio
     from rasterio.shutil import copy as rio_copy
 
     (layer,) = layers
-    gb = result.geobox
+    gb = geobox_of(ds)
     if layer == "reef_probability":
-        data, nodata = probability_codes(result).data, PROB_NODATA
-        resampling = "AVERAGE" if result.complete else "NEAREST"
+        data, nodata = probability_codes(ds).data, PROB_NODATA
+        resampling = "AVERAGE" if _complete_fraction(ds) >= 1.0 else "NEAREST"
     else:
-        data, nodata = result.dataset["classification"].data, CLASS_NODATA
+        data, nodata = ds["classification"].data, CLASS_NODATA
         resampling = "MODE"
+    if not hasattr(data, "rechunk"):  # a loaded Dataset: numpy
+        data = da.from_array(data)
     stage = out + ".stage.tif"
     profile = {"driver": "GTiff", "width": gb.shape.x, "height": gb.shape.y, "count": 1, "dtype": "uint8",
                "crs": gb.crs, "transform": gb.transform, "nodata": nodata, "tiled": True, "blockxsize": 256,
@@ -176,8 +188,8 @@ def _write_cog(result: QueryResult, out: str, layers) -> None:
             da.store(data.rechunk({0: 1024, 1: 1024}), _BandWriter(dst), lock=True)
             dst.set_band_description(1, layer)
             tags = {"LAYER": layer, "UNFINISHED_VALUE": str(UNFINISHED), "NODATA_VALUE": str(nodata),
-                    "COMPLETE_FRACTION": f"{result.complete_fraction:.6f}", "REEFMAP_STORE": result.store,
-                    "REEFMAP_LEVEL": str(result.level)}
+                    "COMPLETE_FRACTION": f"{_complete_fraction(ds):.6f}", "REEFMAP_STORE": str(ds.attrs.get("store", "")),
+                    "REEFMAP_LEVEL": str(ds.attrs.get("level", 0))}
             if layer == "reef_probability":
                 dst.scales, dst.offsets = (1.0 / PROB_SCALE,), (0.0,)
                 tags["ENCODING"] = f"probability = value / {PROB_SCALE}; {UNFINISHED} = unfinished tile; {nodata} = nodata"
@@ -272,19 +284,22 @@ def validate_cog(path) -> list[str]:
 # ------------------------------------------------------------------------------------------------------------
 # NetCDF and Zarr
 # ------------------------------------------------------------------------------------------------------------
-def _cf_dataset(result: QueryResult, layers):
-    ds = result.dataset[[*layers, "tile_state"]]
-    ds = ds.rio.write_crs(result.crs).rio.write_coordinate_system()
-    ds = ds.rio.write_transform(result.geobox.transform)
+def _cf_dataset(ds, layers):
+    gb = geobox_of(ds)
+    a = ds.attrs
+    ds = ds[[*layers, *(["tile_state"] if "tile_state" in ds else [])]]
+    ds = ds.rio.write_crs(gb.crs).rio.write_coordinate_system()
+    ds = ds.rio.write_transform(gb.transform)
     attrs = {"Conventions": "CF-1.8", "title": "reefmap query result", "source": "reefmap",
-             "reefmap_store": result.store, "reefmap_level": int(result.level),
-             "reefmap_resolution": float(result.resolution), "complete_fraction": float(result.complete_fraction),
+             "reefmap_store": str(a.get("store", "")), "reefmap_level": int(a.get("level", 0)),
+             "reefmap_resolution": float(a.get("resolution", max(abs(gb.transform.a), abs(gb.transform.e)))),
+             "complete_fraction": float(a.get("complete_fraction", 1.0)),
              "unfinished_code": UNFINISHED, "outside_geometry_code": OUTSIDE,
              "comment": "reef_probability decodes to NaN for nodata and for unfinished tiles; classification "
                         f"{UNFINISHED} and tile_state tell unfinished tiles apart (tile_state {OUTSIDE} = outside "
                         "the query polygon)"}
-    if result.bbox is not None:
-        attrs["bbox_lonlat"] = [float(v) for v in result.bbox]
+    if a.get("bbox_lonlat") is not None:
+        attrs["bbox_lonlat"] = [float(v) for v in a["bbox_lonlat"]]
     ds.attrs = attrs
     for v in ds.data_vars:
         ds[v].attrs = {k: val for k, val in ds[v].attrs.items() if k != "valid_range"}
@@ -308,18 +323,18 @@ def _encoding(ds, fmt: str, chunk: int) -> dict:
     return enc
 
 
-def _write_netcdf(result: QueryResult, out: str, layers) -> None:
+def _write_netcdf(ds, out: str, layers) -> None:
     try:
         import netCDF4  # noqa: F401
     except ImportError:  # pragma: no cover - an install without the NetCDF backend
         raise InvalidParameter("writing .nc needs the netCDF4 package (pip install netCDF4); "
                                "or export to .zarr / .tif") from None
-    ds = _cf_dataset(result, layers)
+    ds = _cf_dataset(ds, layers)
     ds.to_netcdf(out, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds, "netcdf", 512))
 
 
-def _write_zarr(result: QueryResult, out: str, layers) -> None:
-    ds = _cf_dataset(result, layers)
+def _write_zarr(ds, out: str, layers) -> None:
+    ds = _cf_dataset(ds, layers)
     c = 1024
     ds = ds.chunk({"y": c, "x": c})
     ds.to_zarr(out, mode="w-", zarr_format=3, consolidated=False, encoding=_encoding(ds, "zarr", c))
@@ -328,78 +343,15 @@ def _write_zarr(result: QueryResult, out: str, layers) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # PNG
 # ------------------------------------------------------------------------------------------------------------
-_RAMP = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
+def _write_png(ds, out: str, layers, max_size: int = 1024) -> None:
+    from reefmap.viz.quicklook import quicklook_png
 
-
-def _ramp(codes: np.ndarray) -> np.ndarray:
-    """uint8 probability codes → RGB (0..250 on a colour ramp, 254 unfinished grey, 255 nodata black)."""
-    from reefmap.viz.quicklook import PENDING_RGB
-
-    t = np.clip(codes.astype(np.float64) / PROB_SCALE, 0, 1) * (len(_RAMP) - 1)
-    i = np.minimum(t.astype(int), len(_RAMP) - 2)
-    f = (t - i)[..., None]
-    rgb = (_RAMP[i] * (1 - f) + _RAMP[i + 1] * f).round().astype(np.uint8)
-    rgb[codes == PROB_NODATA] = (0, 0, 0)
-    rgb[codes == UNFINISHED] = PENDING_RGB
-    return rgb
-
-
-def render_png(path, classification: np.ndarray | None = None, probability_codes: np.ndarray | None = None, *,
-               title: str = "") -> str:
-    """A quick-look PNG: class colours (``reefmap.viz.quicklook`` palette, unfinished in its pending grey) and/or
-    the reef probability ramp, side by side, with a legend naming every colour."""
-    from PIL import Image, ImageDraw
-
-    from reefmap.viz.quicklook import PALETTE, PENDING_RGB, colorize
-
-    panels = []
-    if classification is not None:
-        rgb = colorize(classification)
-        rgb[classification == UNFINISHED] = PENDING_RGB
-        panels.append(rgb)
-    if probability_codes is not None:
-        panels.append(_ramp(probability_codes))
-    if not panels:
-        raise InvalidParameter("nothing to draw: give a classification and/or a probability layer")
-    h = panels[0].shape[0]
-    gap = np.full((h, 8, 3), 255, np.uint8)
-    body = np.concatenate([x for p in panels for x in (p, gap)][:-1], axis=1)
-    rows = 1 + (probability_codes is not None)
-    legend_h = 24 * rows + 6
-    top = 18 if title else 0
-    img = Image.new("RGB", (max(body.shape[1], 620), top + h + legend_h), (255, 255, 255))
-    img.paste(Image.fromarray(body), (0, top))
-    d = ImageDraw.Draw(img)
-    if title:
-        d.text((4, 3), title, fill=(0, 0, 0))
-    y = top + h + 6
-    x = 4
-    entries = [("nodata", PALETTE[0])]
-    if classification is not None:
-        entries += [(name, PALETTE[code]) for name, code in CLASSES.items()]
-    entries.append(("unfinished", PENDING_RGB))
-    for name, rgb in entries:
-        d.rectangle([x, y, x + 14, y + 14], fill=tuple(rgb), outline=(0, 0, 0))
-        d.text((x + 18, y + 1), name, fill=(0, 0, 0))
-        x += 26 + 7 * len(name)
-    if probability_codes is not None:
-        y += 24
-        d.text((4, y + 1), "reef probability 0", fill=(0, 0, 0))
-        bar = _ramp(np.linspace(0, PROB_SCALE, 200).astype(np.uint8)[None, :].repeat(14, 0))
-        img.paste(Image.fromarray(bar), (130, y))
-        d.text((336, y + 1), "1", fill=(0, 0, 0))
-    img.save(path, format="PNG")
-    return str(path)
-
-
-def _write_png(result: QueryResult, out: str, layers, max_size: int = 1024) -> None:
-    ds = result.dataset
-    step = max(1, int(np.ceil(max(result.geobox.shape) / max_size)))
-    sl = {"y": slice(None, None, step), "x": slice(None, None, step)}
-    cls = ds["classification"].isel(sl).values if "classification" in layers else None
-    prob = probability_codes(result).isel(sl).values if "reef_probability" in layers else None
-    b = result.bbox
+    a = ds.attrs
+    b = a.get("bbox_lonlat")
     where = f"bbox {', '.join(f'{v:g}' for v in b)}" if b is not None else "whole map"
-    title = (f"{os.path.basename(result.store.rstrip('/'))} · {where} · level {result.level} · "
-             f"{100 * result.complete_fraction:.1f}% complete")
-    render_png(out, cls, prob, title=title)
+    store = os.path.basename(str(a.get("store", "")).rstrip("/")) or "map"
+    title = f"{store} · {where}" + (" · polygon" if a.get("has_geometry") else "")
+    sub = (f"level {a.get('level', 0)} · {100 * _complete_fraction(ds):.1f}% of the pixels in finished tiles · "
+           f"{ds.sizes['y']} x {ds.sizes['x']} px")
+    quicklook_png(out, ds[[*layers, *(["tile_state"] if "tile_state" in ds else [])]], title=title, subtitle=sub,
+                  max_size=max_size)

@@ -29,18 +29,22 @@ import time
 
 import numpy as np
 
+from reefmap.classes import CLASSES
 from reefmap.errors import InvalidParameter
-from reefmap.geometry.grid import TileGrid, Window
-from reefmap.store.format import CLASS_NODATA, PROB_NODATA
-from reefmap.products.query import OVERVIEWS_ATTR, OVERVIEWS_GROUP, _FINISHED, Level, _LevelReader, inspect_map, overview_geobox
+from reefmap.geometry.grid import GeoBox, TileGrid, Window
+from reefmap.products import storeaccess
+from reefmap.products.mapview import (OVERVIEWS_ATTR, OVERVIEWS_GROUP, Level, LevelReader, MapInfo, inspect_map,
+                                     overview_geobox)
+from reefmap.store.format import CLASS_NODATA, DATA_VARS, PROB_NODATA, is_finished
 
-N_CLASSES = 5
-_NSTAT = 2 + N_CLASSES  # sum of probability codes, count of valid probabilities, one count per class 1..5
+#: the class codes counted (the mode is taken among them: ties -> the lowest code)
+_CODES = tuple(sorted(CLASSES.values()))
+_NSTAT = 2 + len(_CODES)  # sum of probability codes, count of valid probabilities, one count per class
 
 
 def max_levels(tile: int) -> int:
     """Levels possible for a tile size: a level-k pixel must lie inside one tile, so 2^k must divide it."""
-    return min(12, (int(tile) & -int(tile)).bit_length() - 1)  # int32 sums hold 4^12 · 250
+    return min(12, (int(tile) & -int(tile)).bit_length() - 1)  # int32 sums hold 4^12 · PROB_SCALE
 
 
 def default_levels(grid: TileGrid) -> int:
@@ -61,10 +65,10 @@ def _pool2(a: np.ndarray) -> np.ndarray:
     return a[..., 0::2, 0::2] + a[..., 1::2, 0::2] + a[..., 0::2, 1::2] + a[..., 1::2, 1::2]
 
 
-def _root_stats(reader: _LevelReader, rows: slice, cols: slice) -> np.ndarray:
+def _root_stats(reader: LevelReader, rows: slice, cols: slice) -> np.ndarray:
     """Level-1 sums and counts of one map chunk: only finished pixels count; unfinished tiles are not read."""
     st = reader.states_block(rows, cols)
-    fin = np.isin(st, _FINISHED)
+    fin = is_finished(st)
     h, w = st.shape
     out = np.zeros((_NSTAT, -(-h // 2), -(-w // 2)), np.int32)
     if not fin.any():
@@ -77,8 +81,8 @@ def _root_stats(reader: _LevelReader, rows: slice, cols: slice) -> np.ndarray:
         c = np.where(fin, c, CLASS_NODATA)
     out[0] = _pool2(np.where(valid, p, np.uint8(0)))
     out[1] = _pool2(valid)
-    for k in range(1, N_CLASSES + 1):
-        out[1 + k] = _pool2(c == k)
+    for i, code in enumerate(_CODES):
+        out[2 + i] = _pool2(c == code)
     return out
 
 
@@ -91,10 +95,11 @@ def _prob_of(s: np.ndarray) -> np.ndarray:
 
 def _class_of(s: np.ndarray) -> np.ndarray:
     counts = s[2:]
-    return np.where(counts.sum(axis=0) > 0, counts.argmax(axis=0) + 1, CLASS_NODATA).astype(np.uint8)
+    codes = np.asarray(_CODES, np.uint8)
+    return np.where(counts.sum(axis=0) > 0, codes[counts.argmax(axis=0)], CLASS_NODATA).astype(np.uint8)
 
 
-def _level1_stats(reader: _LevelReader, shape, chunk: int):
+def _level1_stats(reader: LevelReader, shape, chunk: int):
     import dask.array as da
     from dask.base import tokenize
 
@@ -114,21 +119,9 @@ def _next_stats(s, chunk: int):
     return s.map_blocks(_pool2, chunks=chunks, dtype=np.int32).rechunk((_NSTAT, chunk, chunk))
 
 
-def build_overviews(store, levels: int | None = None, *, full: bool = False, storage_options: dict | None = None) -> dict:
-    """Build (or bring up to date) the overview pyramid of the map ``store``; returns a summary dict.
-
-    ``levels``: how many factor-2 levels (default: until the coarsest fits in one tile). ``full``: recompute
-    every chunk instead of only those whose tiles changed state since the last build.
-    """
-    import dask.array as da
-    from zarr.errors import ContainsArrayError, ContainsGroupError
-
-    from reefmap.store.mapstore import MapStore, _spatial_ref_attrs
-
-    t0 = time.perf_counter()
-    info = inspect_map(store, storage_options)          # read-only checks: a reefmap map, axis-aligned
-    grid, t = info.grid, info.grid.tile
-    cap = max_levels(t)
+def check_levels(levels, grid: TileGrid) -> int:
+    """The number of levels to build (None: ``default_levels``); InvalidParameter when the tile size forbids it."""
+    t, cap = grid.tile, max_levels(grid.tile)
     if levels is None:
         levels = default_levels(grid)
     try:
@@ -140,93 +133,121 @@ def build_overviews(store, levels: int | None = None, *, full: bool = False, sto
             f"levels {levels} is out of range: this map's tile size {t} allows 1..{cap} factor-2 levels "
             f"(a level-k pixel must lie inside one tile, so 2^k must divide {t})" if cap else
             f"this map's tile size {t} is odd: overviews need a tile size divisible by 2")
+    return levels
+
+
+def build_overviews(store, levels: int | None = None, *, full: bool = False, storage_options: dict | None = None) -> dict:
+    """Build (or bring up to date) the overview pyramid of the map ``store``; returns a summary dict.
+
+    ``levels``: how many factor-2 levels (default: until the coarsest fits in one tile). ``full``: recompute
+    every chunk instead of only those whose tiles changed state since the last build.
+    """
+    t0 = time.perf_counter()
+    info = inspect_map(store, storage_options)          # read-only checks: a reefmap map, axis-aligned
+    levels = check_levels(levels, info.grid)
     states = info.states.copy()                          # the snapshot: read before any pixel
-    g = MapStore(info.url, info.storage_options).group   # r+ for writing
-    root_prob, root_cls = g["reef_probability"], g["classification"]
-
-    old = None
-    if OVERVIEWS_GROUP in g:
-        ov = g[OVERVIEWS_GROUP]
-        meta = ov.attrs.get(OVERVIEWS_ATTR)
-        if (not full and isinstance(meta, dict) and int(meta.get("levels", -1)) == levels
-                and "tile_status" in ov and all(str(k) in ov for k in range(1, levels + 1))):
-            snap = np.asarray(ov["tile_status"][...], np.uint8)
-            if snap.shape == states.shape:
-                old = snap
-        if old is None:
-            del g[OVERVIEWS_GROUP]
+    g = storeaccess.writable_group(info.url, info.storage_options)
+    old = _usable_snapshot(g, levels, states.shape, full)
     ov = g.require_group(OVERVIEWS_GROUP)
-
-    if old is None:
-        dirty = np.ones(states.shape, bool)
-    else:
-        dirty = states != old
-    dirty_tiles = np.argwhere(dirty)
-    summary = {"store": info.url, "levels": [], "tiles_updated": int(len(dirty_tiles)), "chunks_written": 0,
+    dirty = np.argwhere(states != old) if old is not None else None
+    geoboxes = [overview_geobox(info.grid.geobox, k) for k in range(1, levels + 1)]
+    summary = {"store": info.url, "levels": [_level_summary(k, gb) for k, gb in enumerate(geoboxes, start=1)],
+               "tiles_updated": int(states.size if dirty is None else len(dirty)), "chunks_written": 0,
                "full": old is None}
-    level_geoboxes = [overview_geobox(grid.geobox, k) for k in range(1, levels + 1)]
-    for k, gb in enumerate(level_geoboxes, start=1):
-        summary["levels"].append({"level": k, "shape": {"y": gb.shape.y, "x": gb.shape.x},
-                                  "resolution": max(abs(gb.transform.a), abs(gb.transform.e))})
-    if len(dirty_tiles) == 0:
+    if dirty is not None and len(dirty) == 0:
         summary.update(up_to_date=True, seconds=round(time.perf_counter() - t0, 3))
         return summary
+    targets = [_level_arrays(ov.require_group(str(k)), g, k, gb, info.grid.tile) for k, gb in enumerate(geoboxes, start=1)]
+    summary["chunks_written"] = _write_pyramid(info, states, targets, dirty)
+    # the snapshot and attributes last: an interrupted build is redone in full (or for its changed tiles)
+    _write_snapshot(ov, states, levels, info.grid.tile)
+    summary.update(up_to_date=False, seconds=round(time.perf_counter() - t0, 3))
+    return summary
 
-    # the level arrays (created once; a level's arrays are rewritten chunk by chunk afterwards)
-    targets = []
-    for k, gb in enumerate(level_geoboxes, start=1):
-        lg = ov.require_group(str(k))
-        ny, nx = gb.shape
-        lgrid = TileGrid(gb, t)
 
-        def make(name, **kw):
-            try:
-                return lg.create_array(name, overwrite=False, **kw)
-            except (ContainsArrayError, ContainsGroupError):
-                return lg[name]
+def _level_summary(k: int, gb: GeoBox) -> dict:
+    return {"level": k, "shape": {"y": gb.shape.y, "x": gb.shape.x},
+            "resolution": max(abs(gb.transform.a), abs(gb.transform.e))}
 
-        if "spatial_ref" not in lg:
-            make("spatial_ref", shape=(), dtype="int64", fill_value=0, attributes=_spatial_ref_attrs(lgrid))[...] = 0
-        for name, vals, n in (("x", gb.xs(), nx), ("y", gb.ys(), ny)):
-            if name not in lg:
-                a = make(name, shape=(n,), chunks=(min(n, t * 64),), dtype="float64", fill_value=np.nan,
-                         dimension_names=[name], attributes=dict(g[name].attrs) if name in g else {})
-                a[:] = vals
-        arrs = {}
-        for name, src in (("reef_probability", root_prob), ("classification", root_cls)):
-            arrs[name] = make(name, shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=src.fill_value,
-                              dimension_names=["y", "x"],
-                              attributes={**dict(src.attrs), "overview_level": k, "overview_factor": 2 ** k})
-        targets.append(arrs)
 
-    # the pyramid as one dask graph; only the chunks covering changed tiles are stored
-    reader = _LevelReader(info.url, info.storage_options, Level(0, "", grid.geobox, t, states, t), info._group)
+def _usable_snapshot(g, levels: int, shape, full: bool) -> np.ndarray | None:
+    """The tile states the existing overviews reflect, when they can be updated in place (same levels, complete);
+    else None, and an existing overviews group is deleted (to be rebuilt in full)."""
+    if OVERVIEWS_GROUP not in g:
+        return None
+    ov = g[OVERVIEWS_GROUP]
+    meta = ov.attrs.get(OVERVIEWS_ATTR)
+    snap = None
+    if (not full and isinstance(meta, dict) and int(meta.get("levels", -1)) == levels
+            and "tile_status" in ov and all(str(k) in ov for k in range(1, levels + 1))):
+        snap = np.asarray(ov["tile_status"][...], np.uint8)
+        snap = snap if snap.shape == shape else None
+    if snap is None:
+        del g[OVERVIEWS_GROUP]
+    return snap
+
+
+def _level_arrays(lg, root, k: int, gb: GeoBox, t: int) -> dict:
+    """The arrays of level ``k``'s group (created once, with coordinates and grid mapping; reused afterwards)."""
+    from zarr.errors import ContainsArrayError, ContainsGroupError
+
+    def make(name, **kw):
+        try:
+            return lg.create_array(name, overwrite=False, **kw)
+        except (ContainsArrayError, ContainsGroupError):
+            return lg[name]
+
+    if "spatial_ref" not in lg:
+        attrs = storeaccess.spatial_ref_attrs(TileGrid(gb, t))
+        make("spatial_ref", shape=(), dtype="int64", fill_value=0, attributes=attrs)[...] = 0
+    for name, vals in (("x", gb.xs()), ("y", gb.ys())):
+        if name not in lg:
+            n = len(vals)
+            make(name, shape=(n,), chunks=(min(n, t * 64),), dtype="float64", fill_value=np.nan,
+                 dimension_names=[name], attributes=dict(root[name].attrs) if name in root else {})[:] = vals
+    return {name: make(name, shape=tuple(gb.shape), chunks=(t, t), dtype="uint8", fill_value=root[name].fill_value,
+                       dimension_names=["y", "x"],
+                       attributes={**dict(root[name].attrs), "overview_level": k, "overview_factor": 2 ** k})
+            for name in DATA_VARS}
+
+
+def _pyramid(reader: LevelReader, grid: TileGrid, levels: int):
+    """(reef_probability, classification) dask arrays of levels 1..``levels``, chunked by the tile size."""
+    t = grid.tile
     s = _level1_stats(reader, tuple(grid.geobox.shape), t).rechunk((_NSTAT, t, t))
-    sources, dests, regions = [], [], []
     for k in range(1, levels + 1):
         if k > 1:
             s = _next_stats(s, t)
-        prob = s.map_blocks(_prob_of, drop_axis=0, dtype=np.uint8, meta=np.empty((0, 0), np.uint8))
-        cls = s.map_blocks(_class_of, drop_axis=0, dtype=np.uint8, meta=np.empty((0, 0), np.uint8))
-        if old is None:
-            sources += [prob, cls]
-            dests += [targets[k - 1]["reef_probability"], targets[k - 1]["classification"]]
-            regions += [None, None]
-            summary["chunks_written"] += 2 * prob.npartitions
-            continue
-        blocks = np.unique(dirty_tiles >> k, axis=0)
-        for i, j in blocks:
-            i, j = int(i), int(j)
-            for arr, name in ((prob, "reef_probability"), (cls, "classification")):
-                b = arr.blocks[i, j]
-                win = Window(i * t, i * t + b.shape[0], j * t, j * t + b.shape[1])
+        meta = np.empty((0, 0), np.uint8)
+        yield (s.map_blocks(_prob_of, drop_axis=0, dtype=np.uint8, meta=meta),
+               s.map_blocks(_class_of, drop_axis=0, dtype=np.uint8, meta=meta))
+
+
+def _write_pyramid(info: MapInfo, states: np.ndarray, targets: list[dict], dirty: np.ndarray | None) -> int:
+    """Compute the levels as one dask graph and store them: every chunk, or (``dirty``: the changed tiles) only
+    the chunks covering them. Returns the number of chunks written."""
+    import dask.array as da
+
+    t = info.grid.tile
+    reader = LevelReader(info.url, info.storage_options, Level(0, "", info.grid.geobox, t, states, t), info.group)
+    sources, dests, regions = [], [], []
+    for k, layers in enumerate(_pyramid(reader, info.grid, len(targets)), start=1):
+        for name, arr in zip(DATA_VARS, layers):
+            if dirty is None:
+                sources.append(arr)
+                dests.append(targets[k - 1][name])
+                regions.append(None)  # the whole array
+                continue
+            for i, j in np.unique(dirty >> k, axis=0):
+                b = arr.blocks[int(i), int(j)]
                 sources.append(b)
                 dests.append(targets[k - 1][name])
-                regions.append(win.slices)
-        summary["chunks_written"] += 2 * len(blocks)
-    da.store(sources, dests, regions=regions, lock=False)  # a region of None: the whole array
+                regions.append(Window(int(i) * t, int(i) * t + b.shape[0], int(j) * t, int(j) * t + b.shape[1]).slices)
+    da.store(sources, dests, regions=regions, lock=False)
+    return sum(s.npartitions for s in sources)
 
-    # the snapshot and attributes last: an interrupted build is redone in full (or for its changed tiles)
+
+def _write_snapshot(ov, states: np.ndarray, levels: int, t: int) -> None:
     try:
         snap = ov.create_array("tile_status", shape=states.shape, chunks=states.shape, dtype="uint8", fill_value=0,
                                dimension_names=["tile_y", "tile_x"], overwrite=True,
@@ -240,5 +261,3 @@ def build_overviews(store, levels: int | None = None, *, full: bool = False, sto
         "method": {"reef_probability": "mean of valid finished pixels (exact over the 2^k block)",
                    "classification": "mode of valid finished pixels (exact over the 2^k block; ties -> lowest code)"},
     }
-    summary.update(up_to_date=False, seconds=round(time.perf_counter() - t0, 3))
-    return summary

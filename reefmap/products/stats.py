@@ -28,26 +28,31 @@ import numpy as np
 
 from reefmap.classes import CLASSES, REEF
 from reefmap.geometry.areas import AreaModel, area_model
-from reefmap.products.query import OUTSIDE, _FINISHED, query
+from reefmap.products.query import query, summary
+from reefmap.store.format import CLASS_NODATA, OUTSIDE, is_finished
+from reefmap.viz.render import geobox_of
 
-# per-block sums: area of classes 0..5, unfinished area, region area, Σ p·A, Σ A (valid p), pixels, finished pixels
-_K = 12
+#: the class codes whose areas are summed (nodata first), in the order of the first sums of a block
+_CODES = (CLASS_NODATA, *CLASSES.values())
+# per-block sums after the class areas: unfinished area, region area, Σ p·A, Σ A (valid p), pixels, finished pixels
+_UNFINISHED, _AREA, _PA, _A_VALID, _PIXELS, _FINISHED_PIXELS = range(len(_CODES), len(_CODES) + 6)
+_K = len(_CODES) + 6
 
 
 def _block_sums(cls, prob, state, model: AreaModel, rows: slice, cols: slice) -> np.ndarray:
     area = np.broadcast_to(model.block(rows, cols), state.shape)
     inside = state != OUTSIDE
-    fin = np.isin(state, _FINISHED) & inside
+    fin = is_finished(state) & inside
     out = np.zeros(_K)
-    for k in range(6):
-        out[k] = area[fin & (cls == k)].sum()
-    out[6] = area[inside & ~fin].sum()
-    out[7] = area[inside].sum()
+    for i, code in enumerate(_CODES):
+        out[i] = area[fin & (cls == code)].sum()
+    out[_UNFINISHED] = area[inside & ~fin].sum()
+    out[_AREA] = area[inside].sum()
     valid = fin & np.isfinite(prob)
-    out[8] = (prob[valid].astype(np.float64) * area[valid]).sum()
-    out[9] = area[valid].sum()
-    out[10] = inside.sum()
-    out[11] = fin.sum()
+    out[_PA] = (prob[valid].astype(np.float64) * area[valid]).sum()
+    out[_A_VALID] = area[valid].sum()
+    out[_PIXELS] = inside.sum()
+    out[_FINISHED_PIXELS] = fin.sum()
     return out
 
 
@@ -60,9 +65,9 @@ def stats(store, bbox=None, geometry=None, *, resolution=None, storage_options: 
     """
     import dask
 
-    res = query(store, bbox=bbox, geometry=geometry, resolution=resolution, storage_options=storage_options)
-    ds = res.dataset
-    model = area_model(res.geobox)
+    ds = query(store, bbox=bbox, geometry=geometry, resolution=resolution, storage_options=storage_options)
+    q = summary(ds)
+    model = area_model(geobox_of(ds))
     cls, prob, st = ds["classification"].data, ds["reef_probability"].data, ds["tile_state"].data
     rch, cch = st.chunks
     r_off = np.concatenate([[0], np.cumsum(rch)]).astype(int)
@@ -74,23 +79,24 @@ def stats(store, bbox=None, geometry=None, *, resolution=None, storage_options: 
              for i in range(len(rch)) for j in range(len(cch))]
     tot = np.sum(dask.compute(*parts), axis=0) if parts else np.zeros(_K)
     km2 = 1e-6
-    class_area = {"nodata": tot[0] * km2, **{name: tot[code] * km2 for name, code in CLASSES.items()}}
+    by_code = dict(zip(_CODES, tot[:len(_CODES)] * km2))
+    class_area = {"nodata": by_code[CLASS_NODATA], **{name: by_code[code] for name, code in CLASSES.items()}}
     out = {
-        "store": res.store,
-        "bbox": None if res.bbox is None else [float(v) for v in res.bbox],
-        "geometry": res.has_geometry,
-        "crs": res.crs,
-        "level": res.level,
-        "resolution": res.resolution,
-        "pixels": int(tot[10]),
-        "area_km2": tot[7] * km2,
-        "reef_area_km2": tot[REEF] * km2,
-        "expected_reef_area_km2": tot[8] * km2,
+        "store": q["store"],
+        "bbox": q["bbox"],
+        "geometry": q["geometry"],
+        "crs": geobox_of(ds).crs,
+        "level": q["level"],
+        "resolution": q["resolution"],
+        "pixels": int(tot[_PIXELS]),
+        "area_km2": tot[_AREA] * km2,
+        "reef_area_km2": by_code[REEF],
+        "expected_reef_area_km2": tot[_PA] * km2,
         "class_area_km2": class_area,
-        "mean_reef_probability": (tot[8] / tot[9]) if tot[9] > 0 else None,
-        "unfinished_area_km2": tot[6] * km2,
-        "complete_fraction": (tot[11] / tot[10]) if tot[10] else 0.0,
-        "complete_area_fraction": ((tot[7] - tot[6]) / tot[7]) if tot[7] else 0.0,
+        "mean_reef_probability": (tot[_PA] / tot[_A_VALID]) if tot[_A_VALID] > 0 else None,
+        "unfinished_area_km2": tot[_UNFINISHED] * km2,
+        "complete_fraction": (tot[_FINISHED_PIXELS] / tot[_PIXELS]) if tot[_PIXELS] else 0.0,
+        "complete_area_fraction": ((tot[_AREA] - tot[_UNFINISHED]) / tot[_AREA]) if tot[_AREA] else 0.0,
         "area_method": model.method,
         "area_method_description": model.description,
     }

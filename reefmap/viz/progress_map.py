@@ -3,7 +3,8 @@
 One pixel (or a few) per tile of the store's tile grid, coloured by state — done, skipped, failed, pending
 (planned, not finished), not planned — with a legend, and optionally Natural Earth land and coastlines
 (from ``../shared/data/natural-earth/ne_10m_land.json`` beside the repository, or ``$REEFMAP_COASTLINE``;
-skipped when absent). Reads only ``tile_status`` and the recorded plans: no pixels, no torch. Uses Pillow.
+skipped when absent). Reads only ``tile_status`` and the recorded plans: no pixels, no torch. Drawn by
+``reefmap.viz.render`` (lon/lat graticule, scale bar, CRS, legend).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from reefmap.geometry.grid import GeoBox, Shape
 from reefmap.options import get_option
 from reefmap.store.format import SKIPPED_STATES, TileState
 from reefmap.store.mapstore import MapStore
+from reefmap.viz.render import LegendItem, MapPanel, render_map
 
 COASTLINE_ENV = "REEFMAP_COASTLINE"
 #: the shared Natural Earth land layer, where developer machines and CI have it
@@ -46,6 +49,7 @@ class ProgressMap:
     planned: int
     percent_finished: float
     coastline: str | None
+    map_box: tuple[int, int, int, int] = (0, 0, 0, 0)  # the map area in the PNG: left, top, width, height (px)
 
     def __str__(self) -> str:
         return self.path
@@ -76,8 +80,6 @@ def progress_png(store: MapStore | str, path: str | os.PathLike, *, scale: int |
     ``coastline``: True = the shared Natural Earth land layer when present (or ``$REEFMAP_COASTLINE``); a path; or
     False/None for none.
     """
-    from PIL import Image
-
     store = store if isinstance(store, MapStore) else MapStore.open_readonly(store)
     grid = store.grid
     states = store.states()
@@ -92,7 +94,7 @@ def progress_png(store: MapStore | str, path: str | os.PathLike, *, scale: int |
     coast_path = _coastline_path(coastline)
     if coast_path is not None:
         try:
-            land, edge = _land_raster(grid, coast_path, s)
+            land, coast = _land(grid, coast_path, s)
             land_note = str(coast_path)
         except Exception as e:  # an overlay problem must never break status
             land_note = f"skipped ({type(e).__name__}: {e})"
@@ -103,27 +105,33 @@ def progress_png(store: MapStore | str, path: str | os.PathLike, *, scale: int |
         img[cats[name]] = COLOURS[name][0]
     if s > 1:
         img = np.repeat(np.repeat(img, s, axis=0), s, axis=1)
-    if land is not None:
-        img[edge] = COAST
     counts = {k: int(v.sum()) for k, v in cats.items()}
     n_planned = int(planned.sum())
     finished = int((planned & (cats["done"] | cats["skipped"])).sum())
     pct = 100.0 * finished / n_planned if n_planned else 100.0
     head = title or f"{store.url}"
-    sub = (f"{n_planned} of {grid.count} tiles planned · {pct:.1f}% finished · grid {nx} x {ny} tiles of {grid.tile} px, "
-           f"{grid.geobox.crs}")
-    legend = [(COLOURS["done"][0], f"done {counts['done']}"),
-              (COLOURS["skipped"][0], f"skipped {counts['skipped']}"),
-              (COLOURS["failed"][0], f"failed {counts['failed']}"),
-              (COLOURS["pending"][0], f"pending {counts['pending']}"),
-              (COLOURS["sea"][0], f"not planned {counts['not_planned']}")]
+    sub = f"{n_planned} of {grid.count} tiles planned · {pct:.1f}% finished · grid {nx} x {ny} tiles of {grid.tile} px"
+    legend = [LegendItem(f"done {counts['done']}", COLOURS["done"][0]),
+              LegendItem(f"skipped {counts['skipped']}", COLOURS["skipped"][0]),
+              LegendItem(f"failed {counts['failed']}", COLOURS["failed"][0]),
+              LegendItem(f"pending {counts['pending']}", COLOURS["pending"][0]),
+              LegendItem(f"not planned {counts['not_planned']}", COLOURS["sea"][0])]
     if land is not None:
-        legend.append((COLOURS["land"][0], "land (Natural Earth)"))
-    out = _with_legend(Image.fromarray(img), head, sub, legend)
+        legend += [LegendItem("land (Natural Earth)", COLOURS["land"][0]), LegendItem("coastline", COAST)]
+    rgba = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], axis=-1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    out.save(path)
-    return ProgressMap(str(path), out.width, out.height, s, counts, n_planned, round(pct, 2), land_note)
+    panel = MapPanel(rgba, outlines=tuple(coast) if land is not None else (), outline_rgb=COAST)
+    pic = render_map(path, _image_geobox(grid, s), [panel], title=head, subtitle=sub, legend=legend)
+    return ProgressMap(str(path), pic.width, pic.height, s, counts, n_planned, round(pct, 2), land_note, pic.map_boxes[0])
+
+
+def _image_geobox(grid, s: int) -> GeoBox:
+    """The grid of the tile image (``s`` pixels per tile; the last tiles drawn whole, as the image has them)."""
+    from affine import Affine
+
+    ny, nx = grid.shape
+    return GeoBox(Shape(ny * s, nx * s), grid.geobox.transform @ Affine.scale(grid.tile / s), grid.geobox.crs)
 
 
 def _coastline_path(coastline) -> Path | None:
@@ -137,10 +145,9 @@ def _coastline_path(coastline) -> Path | None:
     return p if p.is_file() else None
 
 
-def _land_raster(grid, path: Path, s: int) -> tuple[np.ndarray, np.ndarray]:
-    """Land (filled) and its outline on the image raster (``s`` px per tile), in the grid's CRS."""
+def _land(grid, path: Path, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Land on the tile image raster (``s`` px per tile) and the land polygons, both in the grid's CRS."""
     import shapely
-    from affine import Affine
     from pyproj import Transformer
     from rasterio.features import rasterize
 
@@ -162,43 +169,8 @@ def _land_raster(grid, path: Path, s: int) -> tuple[np.ndarray, np.ndarray]:
         parts = parts[np.all(np.isfinite(shapely.bounds(parts)), axis=1)]
     ny, nx = grid.shape
     shape = (ny * s, nx * s)
-    t = g.transform @ Affine.scale(grid.tile / s, grid.tile / s)
     if not len(parts):
-        z = np.zeros(shape, bool)
-        return z, z
-    land = rasterize(((p, 1) for p in parts), out_shape=shape, transform=t, fill=0, dtype="uint8").astype(bool)
-    edge = rasterize(((b, 1) for b in shapely.boundary(parts) if not b.is_empty), out_shape=shape, transform=t, fill=0,
+        return np.zeros(shape, bool), parts
+    land = rasterize(((p, 1) for p in parts), out_shape=shape, transform=_image_geobox(grid, s).transform, fill=0,
                      dtype="uint8").astype(bool)
-    return land, edge
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType
-        return ImageFont.load_default()
-
-
-def _with_legend(map_img, title: str, subtitle: str, items: list[tuple[tuple[int, int, int], str]]):
-    from PIL import Image, ImageDraw
-
-    w = max(map_img.width, 640)
-    fs = 14
-    pad = 8
-    head_h = 2 * (fs + 6) + pad
-    leg_h = fs + 2 * pad + 4
-    out = Image.new("RGB", (w, head_h + map_img.height + leg_h), (255, 255, 255))
-    out.paste(map_img, (0, head_h))
-    d = ImageDraw.Draw(out)
-    f = _font(fs)
-    d.text((pad, pad // 2), title, fill=(0, 0, 0), font=f)
-    d.text((pad, pad // 2 + fs + 6), subtitle, fill=(60, 60, 60), font=f)
-    d.rectangle([0, head_h, map_img.width - 1, head_h + map_img.height - 1], outline=(160, 160, 160))
-    x, y = pad, head_h + map_img.height + pad
-    for rgb, label in items:
-        d.rectangle([x, y, x + fs, y + fs], fill=rgb, outline=(90, 90, 90))
-        d.text((x + fs + 5, y), label, fill=(0, 0, 0), font=f)
-        x += fs + 5 + int(d.textlength(label, font=f)) + 3 * pad
-    return out
+    return land, parts

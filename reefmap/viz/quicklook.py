@@ -1,51 +1,67 @@
-"""Quick-look pictures of a map: class colours (and reef probability) as a PNG with a legend."""
+"""Quick-look pictures of a map's layers (classes and reef probability) from an ``xarray.Dataset``.
+
+Used for the demo's picture, ``reefmap query --out x.png`` and the launch notebook; drawn by
+``reefmap.viz.render``. The Dataset holds ``classification`` (uint8 codes) and/or ``reef_probability`` (float,
+NaN = nodata) on y/x, georeferenced through ``.rio``, and optionally ``tile_state`` (per-pixel tile states:
+unfinished pixels are drawn as such).
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from reefmap.classes import CLASSES
+from reefmap.errors import InvalidParameter
+from reefmap.store.format import CLASS_NODATA, OUTSIDE, UNFINISHED, is_finished
+from reefmap.viz.render import (LegendItem, MapPanel, Picture, UNFINISHED_RGB, categorical_rgba, geobox_of,
+                                nodata_legend, probability_rgba, render_map, unfinished_legend)
 
-#: class code → RGB
-PALETTE = {0: (0, 0, 0), 1: (16, 40, 110), 2: (120, 200, 210), 3: (255, 80, 60), 4: (150, 120, 70), 5: (235, 235, 235)}
-PENDING_RGB = (90, 90, 90)
+#: class code → RGB (CLASS_NODATA is drawn transparent in pictures; its colour serves colour tables)
+PALETTE = {CLASS_NODATA: (0, 0, 0), CLASSES["deep_water"]: (16, 40, 110), CLASSES["shallow"]: (120, 200, 210),
+           CLASSES["reef"]: (255, 80, 60), CLASSES["land"]: (150, 120, 70), CLASSES["cloud"]: (235, 235, 235)}
+#: the colour of unfinished pixels (pending or failed tiles)
+PENDING_RGB = UNFINISHED_RGB
 
 
-def colorize(classification: np.ndarray) -> np.ndarray:
-    lut = np.zeros((256, 3), np.uint8)
-    for code, rgb in PALETTE.items():
-        lut[code] = rgb
-    return lut[classification]
+def class_rgba(classification: np.ndarray) -> np.ndarray:
+    """RGBA of class codes: the palette, unfinished grey, nodata (and unknown codes) transparent."""
+    colours = {code: rgb for code, rgb in PALETTE.items() if code != CLASS_NODATA}
+    colours[UNFINISHED] = UNFINISHED_RGB
+    return categorical_rgba(classification, colours)
 
 
-def quicklook_png(path, classification: np.ndarray, reef_probability: np.ndarray | None = None, *,
-                  title: str = "", max_size: int = 1024) -> str:
-    """Write ``path``: the class map (and, beside it, reef probability in grey), decimated to ``max_size``,
-    with a colour legend underneath."""
-    from PIL import Image, ImageDraw
+def class_legend() -> list[LegendItem]:
+    return [LegendItem(name.replace("_", " "), PALETTE[code]) for name, code in CLASSES.items()]
 
-    step = max(1, int(np.ceil(max(classification.shape) / max_size)))
-    panels = [colorize(classification[::step, ::step])]
-    if reef_probability is not None:
-        p = reef_probability[::step, ::step]
-        g = np.where(p == 255, 0, np.clip(p.astype(np.int32) * 255 // 250, 0, 255)).astype(np.uint8)
-        panels.append(np.stack([g, g, g], -1))
-    h = panels[0].shape[0]
-    gap = np.full((h, 8, 3), 255, np.uint8)
-    body = np.concatenate([x for pnl in panels for x in (pnl, gap)][:-1], axis=1)
-    legend_h = 28
-    img = Image.new("RGB", (max(body.shape[1], 560), h + legend_h + (18 if title else 0)), (255, 255, 255))
-    y0 = 18 if title else 0
-    img.paste(Image.fromarray(body), (0, y0))
-    d = ImageDraw.Draw(img)
-    if title:
-        d.text((4, 3), title, fill=(0, 0, 0))
-    x = 4
-    for name, code in [("nodata", 0), *CLASSES.items()]:
-        d.rectangle([x, y0 + h + 8, x + 14, y0 + h + 22], fill=PALETTE[code], outline=(0, 0, 0))
-        d.text((x + 18, y0 + h + 9), name, fill=(0, 0, 0))
-        x += 24 + 7 * len(name)
-    if reef_probability is not None:
-        d.text((x + 10, y0 + h + 9), "right: reef probability", fill=(0, 0, 0))
-    img.save(path)
-    return str(path)
+
+def quicklook_png(path, ds, *, title: str = "", subtitle: str = "", max_size: int = 1024) -> Picture:
+    """Write ``path``: the class map and/or the reef probability of ``ds`` side by side, decimated to at most
+    ``max_size`` pixels on the long side (enlarged when small), with legend, colour bar, lon/lat ticks, scale bar
+    and CRS. Returns the ``Picture`` (``str()`` is the path)."""
+    ny, nx = int(ds.sizes["y"]), int(ds.sizes["x"])
+    step = max(1, math.ceil(max(ny, nx) / max_size))
+    if step > 1:
+        ds = ds.isel(y=slice(None, None, step), x=slice(None, None, step))
+    unfinished = None
+    if "tile_state" in ds:
+        st = np.asarray(ds["tile_state"].values)
+        unfinished = ~is_finished(st) & (st != OUTSIDE)
+    panels, legend = [], []
+    if "classification" in ds:
+        codes = np.asarray(ds["classification"].values)
+        panels.append(MapPanel(class_rgba(codes), "classes"))
+        legend += class_legend()
+        if unfinished is None:
+            unfinished = codes == UNFINISHED
+    if "reef_probability" in ds:
+        panels.append(MapPanel(probability_rgba(ds["reef_probability"].values, unfinished), "reef probability",
+                               colorbar=True))
+    if not panels:
+        raise InvalidParameter("nothing to draw: the dataset has neither classification nor reef_probability")
+    legend.append(nodata_legend())
+    if "tile_state" in ds or (unfinished is not None and unfinished.any()):  # a map's layers (not a bare segment())
+        legend.append(unfinished_legend())
+    note = f"shown at 1/{step} resolution" if step > 1 else ""
+    return render_map(path, geobox_of(ds), panels, title=title, subtitle=subtitle, legend=legend, note=note)
