@@ -32,8 +32,8 @@ import numpy as np
 
 from reefmap.classes import CLASSES
 from reefmap.errors import InvalidParameter, OutputExists, UnknownLayer, UnsupportedFormat
-from reefmap.products import storeaccess
 from reefmap.products.mapview import LAYERS
+from reefmap.sources import urls
 from reefmap.store.format import CLASS_NODATA, OUTSIDE, PROB_NODATA, PROB_SCALE, UNFINISHED, is_finished
 from reefmap.viz.render import geobox_of
 
@@ -84,9 +84,9 @@ def probability_codes(ds):
 
 def _check_output(path, overwrite: bool) -> str:
     s = os.fspath(path)
-    if storeaccess.is_url(s):
+    if not urls.is_local(s):
         raise InvalidParameter(f"output {s!r}: exports are written to local paths only")
-    p = storeaccess.normalise_url(s.rstrip("/"))
+    p = urls.normalize(s.rstrip("/"))
     if os.path.lexists(p) and not overwrite:
         raise OutputExists(f"output {p!r} already exists; pass --overwrite (overwrite=True) to replace it "
                            "(nothing was written)")

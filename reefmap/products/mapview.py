@@ -32,6 +32,7 @@ from reefmap.classes import CLASSES
 from reefmap.errors import InvalidParameter, NotAReefmapStore, UnknownLayer
 from reefmap.geometry.grid import BBox, GeoBox, Shape, TileGrid, Window
 from reefmap.products import storeaccess
+from reefmap.sources import urls
 from reefmap.store.format import (CLASS_NODATA, DATA_VARS, OUTSIDE, PROB_NODATA, PROB_SCALE, STORE_FORMAT, UNFINISHED,
                                   TileState, is_finished)
 from reefmap.store.mapstore import MapStore
@@ -205,7 +206,7 @@ def store_url(store) -> tuple[str, dict]:
         return store.url, dict(store.storage_options)
     if not isinstance(store, (str, os.PathLike)):
         raise InvalidParameter(f"store {store!r} is not a path or URL of a reefmap map")
-    return storeaccess.normalise_url(store), {}
+    return urls.normalize(store), {}
 
 
 def inspect_map(store, storage_options: dict | None = None) -> MapInfo:

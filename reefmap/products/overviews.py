@@ -36,6 +36,7 @@ from reefmap.products import storeaccess
 from reefmap.products.mapview import (OVERVIEWS_ATTR, OVERVIEWS_GROUP, Level, LevelReader, MapInfo, inspect_map,
                                      overview_geobox)
 from reefmap.store.format import CLASS_NODATA, DATA_VARS, PROB_NODATA, is_finished
+from reefmap.store.mapstore import write_grid_coords
 
 #: the class codes counted (the mode is taken among them: ties -> the lowest code)
 _CODES = tuple(sorted(CLASSES.values()))
@@ -188,7 +189,7 @@ def _usable_snapshot(g, levels: int, shape, full: bool) -> np.ndarray | None:
 
 
 def _level_arrays(lg, root, k: int, gb: GeoBox, t: int) -> dict:
-    """The arrays of level ``k``'s group (created once, with coordinates and grid mapping; reused afterwards)."""
+    """The arrays of level ``k``'s group (created once, with the grid's coordinates and mapping; reused afterwards)."""
     from zarr.errors import ContainsArrayError, ContainsGroupError
 
     def make(name, **kw):
@@ -197,14 +198,7 @@ def _level_arrays(lg, root, k: int, gb: GeoBox, t: int) -> dict:
         except (ContainsArrayError, ContainsGroupError):
             return lg[name]
 
-    if "spatial_ref" not in lg:
-        attrs = storeaccess.spatial_ref_attrs(TileGrid(gb, t))
-        make("spatial_ref", shape=(), dtype="int64", fill_value=0, attributes=attrs)[...] = 0
-    for name, vals in (("x", gb.xs()), ("y", gb.ys())):
-        if name not in lg:
-            n = len(vals)
-            make(name, shape=(n,), chunks=(min(n, t * 64),), dtype="float64", fill_value=np.nan,
-                 dimension_names=[name], attributes=dict(root[name].attrs) if name in root else {})[:] = vals
+    write_grid_coords(lg, gb, t)
     return {name: make(name, shape=tuple(gb.shape), chunks=(t, t), dtype="uint8", fill_value=root[name].fill_value,
                        dimension_names=["y", "x"],
                        attributes={**dict(root[name].attrs), "overview_level": k, "overview_factor": 2 ** k})

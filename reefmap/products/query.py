@@ -18,9 +18,7 @@ units (degrees for EPSG:4326, metres for UTM/Web Mercator) and picks the coarses
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import threading
 import warnings
 from dataclasses import dataclass
@@ -29,13 +27,12 @@ from typing import Any
 import numpy as np
 
 from reefmap.errors import BBoxError, GeometryError
+from reefmap.geometry.crs import wrap_period
 from reefmap.geometry.grid import BBox, GeoBox, Shape, Window
+from reefmap.geometry.vector import read_geojson
 from reefmap.products.mapview import (Level, MapInfo, check_layers, crs_units, georeference, inspect_map,
                                      level_dataset, var_attrs)
 from reefmap.store.format import CLASS_NODATA, OUTSIDE, UNFINISHED, is_finished
-
-_MERCATOR_LAT = 85.05112877980659
-
 
 # ------------------------------------------------------------------------------------------------------------
 # boxes → windows
@@ -48,67 +45,6 @@ def parse_bbox(bbox) -> BBox:
             f"bbox {tuple(b)} is not in lon/lat degrees (longitudes must lie in [-180, 180], latitudes in [-90, 90]); "
             "give W,S,E,N in EPSG:4326 — projected coordinates (metres) are not accepted")
     return b
-
-
-def wrap_period(crs: str) -> float | None:
-    """The x period of a CRS that wraps around the globe (geographic: 360°, Mercator: the equator); else None."""
-    from pyproj import CRS, Transformer
-
-    c = CRS.from_user_input(crs)
-    if c.is_geographic:
-        unit = c.axis_info[0].unit_name if c.axis_info else "degree"
-        return 360.0 if "degree" in unit else None
-    op = c.coordinate_operation
-    if c.is_projected and op is not None and "mercator" in op.method_name.lower() and "transverse" not in op.method_name.lower():
-        lon0 = 0.0
-        for p in op.params:
-            if "longitude" in p.name.lower():
-                lon0 = float(p.value)
-        tr = Transformer.from_crs("EPSG:4326", c, always_xy=True)
-        x0, _ = tr.transform(lon0, 0.0)
-        x90, _ = tr.transform(lon0 + 90.0, 0.0)
-        return 4.0 * abs(x90 - x0)
-    return None
-
-
-def _lonlat_to_store(info: MapInfo, piece: BBox) -> BBox | None:
-    """A lon/lat box (not crossing the antimeridian) as a box in the store CRS, or None if it misses the map."""
-    from pyproj import CRS, Transformer
-
-    crs = info.crs
-    c = CRS.from_user_input(crs)
-    if wrap_period(crs) is not None:
-        lat_lim = 90.0 if c.is_geographic else _MERCATOR_LAT
-        s, n = max(piece.bottom, -lat_lim), min(piece.top, lat_lim)
-        if s >= n:
-            return None
-        piece = BBox(piece.left, s, piece.right, n)
-    else:
-        gb = info.lonlat_bounds
-        if gb.left < gb.right:
-            l, r = max(piece.left, gb.left), min(piece.right, gb.right)
-            s, n = max(piece.bottom, gb.bottom), min(piece.top, gb.top)
-            if l >= r or s >= n:
-                return None
-            piece = BBox(l, s, r, n)
-    if crs == "EPSG:4326":
-        return piece
-    tr = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    vals = tr.transform_bounds(*piece, densify_pts=51)
-    if not all(map(math.isfinite, vals)):
-        return None
-    return BBox(*vals)
-
-
-def _window_of(gb: GeoBox, box: BBox, eps: float = 1e-6) -> Window | None:
-    """The pixels of ``gb`` that a box (in its CRS) touches, or None; box edges within ``eps`` pixel of a
-    pixel edge count as on it (so a box on pixel edges is not widened by float noise)."""
-    # TODO(merge): use the one bbox → window rule of reefmap.geometry
-    inv = ~gb.transform
-    cols, rows = zip(*(inv @ (x, y) for x in (box.left, box.right) for y in (box.bottom, box.top)))
-    win = Window(math.floor(min(rows) + eps), math.ceil(max(rows) - eps),
-                 math.floor(min(cols) + eps), math.ceil(max(cols) - eps))
-    return win.intersect(Window(0, gb.shape.y, 0, gb.shape.x))
 
 
 @dataclass(frozen=True)
@@ -132,36 +68,8 @@ def pieces(info: MapInfo, lvl: Level, box: BBox | None) -> list[Piece]:
     gb = lvl.geobox
     if box is None:
         return [Piece(Window(0, gb.shape.y, 0, gb.shape.x), 0.0)]
-    lonlat = [box] if box.left < box.right else [BBox(box.left, box.bottom, 180.0, box.top),
-                                                  BBox(-180.0, box.bottom, box.right, box.top)]
-    period = wrap_period(info.crs)
-    found: list[Window] = []
-    for part in lonlat:
-        sb = _lonlat_to_store(info, part)
-        if sb is None:
-            continue
-        for shift in ((0.0, period, -period) if period else (0.0,)):
-            w = _window_of(gb, BBox(sb.left + shift, sb.bottom, sb.right + shift, sb.top))
-            if w is not None and w not in found:
-                found.append(w)
-    if not found:
-        raise BBoxError(f"bbox W={box.left}, S={box.bottom}, E={box.right}, N={box.top} does not intersect the map "
-                        f"{info.url!r}, whose extent is {info.extent_text()}; pick a box inside it")
-    r0, r1 = min(w.row_start for w in found), max(w.row_stop for w in found)
-    found = [Window(r0, r1, w.col_start, w.col_stop) for w in found]
-    if len(found) == 1:
-        return [Piece(found[0], 0.0)]
-    a, b = found[0], found[-1]
-    if period is None or b.col_start <= a.col_stop and a.col_start <= b.col_stop or b.col_start >= a.col_stop:
-        # one continuous stretch of the grid (overlapping, adjacent, or already in west→east order)
-        return [Piece(Window(r0, r1, min(w.col_start for w in found), max(w.col_stop for w in found)), 0.0)]
-    # a crossing box on a wrapping grid: the first piece is at the grid's east end, the second at its west end
-    t = gb.transform
-    gap = (t.c + t.a * b.col_start + period) - (t.c + t.a * a.col_stop)
-    if abs(gap) > abs(t.a) * 0.5:
-        raise BBoxError(f"bbox {tuple(box)} crosses the antimeridian, but the map {info.url!r} does not wrap around "
-                        f"it continuously (its extent is {info.extent_text()}); query each side separately")
-    return [Piece(a, 0.0), Piece(b, period)]
+    return [Piece(p.window, p.x_shift)
+            for p in gb.bbox_pieces(box, "EPSG:4326", what=f"the map {info.url!r}", contiguous=True)]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -169,59 +77,15 @@ def pieces(info: MapInfo, lvl: Level, box: BBox | None) -> list[Piece]:
 # ------------------------------------------------------------------------------------------------------------
 def geometry_from(obj) -> Any:
     """A shapely (Multi)Polygon from a shapely geometry, a GeoJSON mapping (geometry, Feature, FeatureCollection),
-    a GeoJSON text, or the path of a GeoJSON file; lon/lat expected."""
+    a GeoJSON text, or the path of a GeoJSON file (the one GeoJSON reader, ``read_geojson``); lon/lat expected."""
     import shapely
 
-    if isinstance(obj, (str, os.PathLike)) and not str(obj).lstrip().startswith("{"):
-        p = os.fspath(obj)
-        if not os.path.exists(p):
-            raise GeometryError(f"geometry file {p!r} does not exist; give a GeoJSON file with a polygon in lon/lat")
-        try:
-            with open(p, encoding="utf-8") as f:
-                obj = json.load(f)
-        except (OSError, ValueError) as e:
-            raise GeometryError(f"geometry file {p!r} is not valid GeoJSON ({e})") from None
-    elif isinstance(obj, str):
-        try:
-            obj = json.loads(obj)
-        except ValueError as e:
-            raise GeometryError(f"geometry text is not valid GeoJSON ({e})") from None
-    if isinstance(obj, shapely.Geometry):
-        geom = obj
-    elif isinstance(obj, dict):
-        geom = _geojson_geometry(obj)
-    else:
-        raise GeometryError(f"geometry {obj!r} is not a GeoJSON mapping, a GeoJSON file or a shapely geometry")
+    shapes, _ = read_geojson(obj, expect_crs="EPSG:4326")
+    if not shapes:
+        raise GeometryError("the GeoJSON has no geometry; give a Polygon or MultiPolygon in lon/lat")
+    geom = shapes[0] if len(shapes) == 1 else shapely.union_all(shapes)
     _check_lonlat_polygon(geom)
     return geom
-
-
-def _geojson_geometry(obj: dict):
-    import shapely
-    from shapely.geometry import shape
-
-    crs = obj.get("crs")
-    if crs is not None:
-        name = str((crs.get("properties") or {}).get("name", "")) if isinstance(crs, dict) else str(crs)
-        if not any(k in name.upper().replace("::", ":") for k in ("CRS84", "EPSG:4326", "4326")):
-            raise GeometryError(f"the GeoJSON declares CRS {name!r}; give the polygon in lon/lat "
-                                "(EPSG:4326 / CRS84), e.g. reproject it with ogr2ogr -t_srs EPSG:4326")
-    kind = obj.get("type")
-    try:
-        if kind == "FeatureCollection":
-            geoms = [shape(f["geometry"]) for f in obj.get("features", []) if f.get("geometry")]
-            if not geoms:
-                raise GeometryError("the GeoJSON FeatureCollection has no geometry")
-            return geoms[0] if len(geoms) == 1 else shapely.union_all(geoms)
-        if kind == "Feature":
-            if not obj.get("geometry"):
-                raise GeometryError("the GeoJSON Feature has no geometry")
-            return shape(obj["geometry"])
-        return shape(obj)
-    except GeometryError:
-        raise
-    except Exception as e:
-        raise GeometryError(f"cannot read the geometry as GeoJSON ({type(e).__name__}: {e})") from None
 
 
 def _check_lonlat_polygon(geom) -> None:

@@ -30,19 +30,10 @@ from reefmap.classes import CLASSES
 from reefmap.errors import NotAReefmapStore, StoreError, StoreMismatch
 from reefmap.geometry.grid import GeoBox, TileGrid, TileIndex, Window
 from reefmap.sources import urls
-from reefmap.store.format import (CLASS_NODATA, DATA_VARS, FINISHED_STATES, PROB_NODATA, PROB_SCALE, SKIPPED_STATES,
-                                  STORE_FORMAT, TileState)
+from reefmap.store.format import CLASS_NODATA, PROB_NODATA, PROB_SCALE, STORE_FORMAT, TileState
 
 _log = logging.getLogger(__name__)
 
-
-
-def _is_url(path: str) -> bool:  # TODO(merge): remove once products uses reefmap.sources.urls.is_local
-    return not urls.is_local(path)
-
-
-def _normalise_url(url: str | os.PathLike) -> str:  # TODO(merge): remove once products uses reefmap.sources.urls.normalize
-    return urls.normalize(url)
 
 
 def code_version() -> str:
@@ -72,10 +63,6 @@ def spatial_ref_attrs(geobox: GeoBox) -> dict:
     attrs.update(crs_wkt=crs.to_wkt(), spatial_ref=crs.to_wkt(),
                  GeoTransform=" ".join(repr(float(v)) for v in (t.c, t.a, t.b, t.f, t.d, t.e)))
     return attrs
-
-
-def _spatial_ref_attrs(grid: TileGrid) -> dict:  # TODO(merge): remove once products uses spatial_ref_attrs
-    return spatial_ref_attrs(grid.geobox)
 
 
 def write_grid_coords(group, geobox: GeoBox, tile: int) -> None:
@@ -121,13 +108,15 @@ class MapStore:
     once the store is created). Nothing else: tile states, plans and errors are read afresh on every call.
     """
 
-    def __init__(self, url: str | os.PathLike, storage_options: dict | None = None, mode: str = "r+"):
+    def __init__(self, url: str | os.PathLike, storage_options: dict | None = None, mode: str = "r+", *,
+                 group=None):
+        """``group``: an already open handle on the store's root group (``open_group``), to read through it."""
         if mode not in ("r", "r+"):
             raise StoreError(f"MapStore mode {mode!r} must be 'r' (read-only) or 'r+' (read and write tiles)")
         self.url = urls.normalize(url)
         self.storage_options = storage_options or {}
         self.mode = mode
-        self._group = None
+        self._group = group
         self._arrays: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -149,9 +138,6 @@ class MapStore:
 
         kw = {} if urls.is_local(self.url) else {"storage_options": self.storage_options}
         return zarr.open_group(self.url, mode=mode or self.mode, zarr_format=3, **kw)
-
-    def _open_group(self, mode: str):  # TODO(merge): remove once products uses open_group
-        return self.open_group(mode)
 
     @property
     def group(self):
@@ -430,9 +416,6 @@ class MapStore:
 
         keys = (_status_chunk_key(k[len(prefix):]) for k in sync(_list()))
         return [k for k in keys if k is not None]
-
-    def _status_keys(self) -> list[tuple[int, int]]:  # TODO(merge): remove once products uses status_keys
-        return self.status_keys()
 
     def plans(self) -> list:
         from reefmap.planning.plan import Plan
