@@ -17,10 +17,13 @@ from reefmap.errors import BandMismatch, InvalidParameter, NotAReefmapStore, Sto
 from reefmap.compute.tiles import segment
 from reefmap.model.segmenter import load_model
 from reefmap.store.status import status
-from reefmap.execute.runner import execute, prepare, run
+from reefmap.execute.runner import RunOptions, execute, prepare, run
 from reefmap.sources import open_mosaic
 from reefmap.store.format import TileState
 from reefmap.store.mapstore import MapStore
+
+
+QUIET = RunOptions(progress=False)
 
 
 def layers(path):
@@ -30,7 +33,7 @@ def layers(path):
 
 def test_runner_agrees_with_segment_and_store_decodes_like_it(memory_mosaic, random_bundle, tmp_path):
     da, arr = memory_mosaic
-    summary = run(da, random_bundle.path, tmp_path / "m.zarr", tile=128, client=None, progress=False)
+    summary = run(da, random_bundle.path, tmp_path / "m.zarr", tile=128, client="inprocess", progress=False)
     assert summary.planned == 6 * 8 and summary.computed == 48 and summary.failed == 0
     assert summary.skipped >= 1  # the nodata corner
     ds = xr.open_zarr(tmp_path / "m.zarr", consolidated=False)
@@ -52,14 +55,14 @@ def test_resume_computes_only_unfinished_tiles(zarr_mosaic, random_bundle, tmp_p
     # finish a third of the plan, as a killed run would have
     part = np.zeros(tuple(plan.grid.shape), bool)
     part[:2] = True
-    execute(plan.__class__(plan.grid, plan.halo, part), job, store, progress=False)
+    execute(plan.__class__(plan.grid, plan.halo, part), job, store, options=QUIET)
     first = store.states().copy()
     assert (first[:2] != 0).all() and (first[2:] == 0).all()
-    s = run(mosaic, random_bundle.path, out, tile=128, client=None, progress=False)
+    s = run(mosaic, random_bundle.path, out, tile=128, client="inprocess", progress=False)
     assert s.already_finished == 2 * plan.grid.shape.x and s.computed == plan.count - s.already_finished
-    again = run(mosaic, random_bundle.path, out, tile=128, client=None, progress=False)
+    again = run(mosaic, random_bundle.path, out, tile=128, client="inprocess", progress=False)
     assert again.computed == 0 and again.already_finished == plan.count
-    full = run(mosaic, random_bundle.path, tmp_path / "fresh.zarr", tile=128, client=None, progress=False)
+    full = run(mosaic, random_bundle.path, tmp_path / "fresh.zarr", tile=128, client="inprocess", progress=False)
     assert full.computed == plan.count
     for a, b in zip(layers(out), layers(tmp_path / "fresh.zarr")):
         np.testing.assert_array_equal(a, b)
@@ -76,7 +79,7 @@ def test_bbox_run_plans_a_subset_and_status_counts_pending(zarr_mosaic, random_b
 
     g = reader_of(mosaic).geobox.geographic_bounds()
     box = (g.left, g.bottom, g.left + (g.right - g.left) * 0.3, g.bottom + (g.top - g.bottom) * 0.3)
-    s = run(mosaic, random_bundle.path, tmp_path / "m.zarr", bbox=box, tile=128, client=None, progress=False)
+    s = run(mosaic, random_bundle.path, tmp_path / "m.zarr", bbox=box, tile=128, client="inprocess", progress=False)
     assert 0 < s.planned < 5 * 7
     st = status(str(tmp_path / "m.zarr"))
     assert st["planned"] == s.planned and st["pending"] == 0
@@ -91,7 +94,7 @@ def test_a_store_of_another_model_or_grid_is_refused_and_left_intact(zarr_mosaic
     path, _ = zarr_mosaic
     mosaic = open_mosaic(str(path))
     out = tmp_path / "m.zarr"
-    run(mosaic, random_bundle.path, out, tile=128, client=None, progress=False)
+    run(mosaic, random_bundle.path, out, tile=128, client="inprocess", progress=False)
     before = layers(out)
     other = load_model(random_bundle).net
     with torch.no_grad():
@@ -100,15 +103,15 @@ def test_a_store_of_another_model_or_grid_is_refused_and_left_intact(zarr_mosaic
     meta2["name"] = "another-model"
     b2 = save_bundle(tmp_path / "b2", other, meta2)
     with pytest.raises(StoreMismatch, match="model: store has"):
-        run(mosaic, b2.path, out, tile=128, client=None, progress=False)
+        run(mosaic, b2.path, out, tile=128, client="inprocess", progress=False)
     with pytest.raises(StoreMismatch, match="grid"):
-        run(mosaic, random_bundle.path, out, tile=256, client=None, progress=False)
+        run(mosaic, random_bundle.path, out, tile=256, client="inprocess", progress=False)
     for a, b in zip(before, layers(out)):
         np.testing.assert_array_equal(a, b)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "x.txt").write_text("keep me")
     with pytest.raises(NotAReefmapStore):
-        run(mosaic, random_bundle.path, tmp_path / "notes", tile=128, client=None, progress=False)
+        run(mosaic, random_bundle.path, tmp_path / "notes", tile=128, client="inprocess", progress=False)
     assert (tmp_path / "notes" / "x.txt").read_text() == "keep me"
     with pytest.raises(NotAReefmapStore):
         status(str(tmp_path / "notes"))
@@ -122,9 +125,9 @@ def test_band_count_and_halo_are_checked_before_anything_is_written(memory_mosai
     two = memory_reader(np.zeros((2, 64, 64), np.uint8), reader_of(da).geobox.window(
         __import__("reefmap.geometry.grid", fromlist=["Window"]).Window(0, 64, 0, 64)), nodata=0)
     with pytest.raises(BandMismatch, match="has 2 bands"):
-        run(two, random_bundle.path, tmp_path / "a.zarr", client=None, progress=False)
+        run(two, random_bundle.path, tmp_path / "a.zarr", client="inprocess", progress=False)
     with pytest.raises(InvalidParameter, match="receptive radius"):
-        run(da, random_bundle.path, tmp_path / "b.zarr", halo=8, client=None, progress=False)
+        run(da, random_bundle.path, tmp_path / "b.zarr", halo=8, client="inprocess", progress=False)
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
 
 
@@ -136,7 +139,7 @@ def test_two_runs_racing_on_one_store_give_the_same_map(zarr_mosaic, random_bund
 
     def go():
         try:
-            run(mosaic, random_bundle.path, out, tile=128, client=None, progress=False)
+            run(mosaic, random_bundle.path, out, tile=128, client="inprocess", progress=False)
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -144,7 +147,7 @@ def test_two_runs_racing_on_one_store_give_the_same_map(zarr_mosaic, random_bund
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors
-    run(mosaic, random_bundle.path, tmp_path / "solo.zarr", tile=128, client=None, progress=False)
+    run(mosaic, random_bundle.path, tmp_path / "solo.zarr", tile=128, client="inprocess", progress=False)
     for a, b in zip(layers(out), layers(tmp_path / "solo.zarr")):
         np.testing.assert_array_equal(a, b)
 
@@ -184,25 +187,25 @@ def test_a_stop_before_the_first_submit_computes_nothing(zarr_mosaic, random_bun
     plan, job, store = prepare(open_mosaic(str(path)), random_bundle.path, tmp_path / "m.zarr", tile=128)
     stop = threading.Event()
     stop.set()
-    s = execute(plan, job, store, progress=False, stop=stop)
+    s = execute(plan, job, store, options=QUIET, stop=stop)
     assert s.computed == 0 and s.stopped and not store.states().any()
 
 
 def test_a_lost_task_fails_only_its_tiles_and_a_config_error_stops_the_run(zarr_mosaic, random_bundle, tmp_path,
                                                                            monkeypatch):
-    import reefmap.execute.runner as run_mod
+    import reefmap.execute.executors as executors  # where the in-process executor finds run_tiles
 
     path, _ = zarr_mosaic
     plan, job, store = prepare(open_mosaic(str(path)), random_bundle.path, tmp_path / "m.zarr", tile=128)
-    real = run_mod.run_tiles
+    real = executors.run_tiles
 
     def flaky(job, tasks):
         if tuple(tasks[0].index) == (1, 2):
             raise OSError("worker lost its disk")  # not a tile's own failure: the whole task is lost
         return real(job, tasks)
 
-    monkeypatch.setattr(run_mod, "run_tiles", flaky)
-    s = execute(plan, job, store, progress=False)
+    monkeypatch.setattr(executors, "run_tiles", flaky)
+    s = execute(plan, job, store, options=QUIET)
     assert s.failed == 1 and s.computed == plan.count and "worker lost its disk" in s.failures[(1, 2)]
     states = store.states()
     others = np.ones(states.shape, bool)
@@ -210,17 +213,17 @@ def test_a_lost_task_fails_only_its_tiles_and_a_config_error_stops_the_run(zarr_
     assert states[1, 2] == TileState.FAILED and (states[others] > 0).all() and (states[others] != TileState.FAILED).all()
     assert "task lost: OSError" in store.errors()[(1, 2)]
 
-    monkeypatch.setattr(run_mod, "run_tiles", real)  # the resume retries the failed tile only
-    again = execute(plan, job, store, progress=False)
+    monkeypatch.setattr(executors, "run_tiles", real)  # the resume retries the failed tile only
+    again = execute(plan, job, store, options=QUIET)
     assert again.computed == 1 and again.failed == 0 and store.states()[1, 2] == TileState.DONE
 
     def misconfigured(job, tasks):
         raise BandMismatch("the mosaic has 4 bands but the model expects 3")
 
-    monkeypatch.setattr(run_mod, "run_tiles", misconfigured)
+    monkeypatch.setattr(executors, "run_tiles", misconfigured)
     with pytest.raises(BandMismatch):
         execute(plan.__class__(plan.grid, plan.halo, np.ones(tuple(plan.grid.shape), bool)), job,
-                MapStore.create_or_open(tmp_path / "n.zarr", plan.grid, {"model": "x", "halo": 0}, {}), progress=False)
+                MapStore.create_or_open(tmp_path / "n.zarr", plan.grid, {"model": "x", "halo": 0}, {}), options=QUIET)
 
 
 def test_the_package_functions_stay_functions_whatever_was_imported_before():

@@ -6,11 +6,13 @@ from pathlib import Path
 
 
 def run_demo(out: str | Path, *, size: int = 3072, workers: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """Map a ``size`` px synthetic world (``seed``) with the demo bundle on the ``local`` profile (``workers``
+    processes) into ``out/reefmap-demo.zarr`` and draw ``out/reefmap-demo.png``; ``{"summary", "store", "png"}``."""
     import zarr
 
-    from reefmap.viz.quicklook import quicklook_png
     from reefmap.execute.runner import run
     from reefmap.synthetic.world import synthetic_mosaic
+    from reefmap.viz.quicklook import quicklook_png
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
