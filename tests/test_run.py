@@ -270,3 +270,110 @@ def test_concurrent_plan_records_and_error_marks_never_remove_each_others_files(
         list(pool.map(hammer, range(4)))
     assert store.states()[1, 1] == TileState.DONE and store.errors() == {}
     assert [p.token for p in store.plans()] == [plan.token]
+
+
+# -- one meaning of client, one loop ------------------------------------------------------------------------------
+class _FakeClient:
+    """Enough of a distributed.Client for the executors: the scheduler's worker list, and how it was closed."""
+
+    def __init__(self, workers=None):
+        self.workers, self.closed = workers or {}, None
+        self.scheduler = type("S", (), {"identity": None})()
+
+    def sync(self, fn, **kw):
+        return {"workers": self.workers}
+
+    def shutdown(self):
+        self.closed = "shutdown"
+
+    def close(self):
+        self.closed = "close"
+
+
+def test_client_means_the_same_in_run_and_run_batch(monkeypatch):
+    """None: launch the default profile (shut down after); 'inprocess': a thread here; a profile: launched; an
+    address: connected (only disconnected after); a Client: used as it is."""
+    import reefmap.cluster.launcher as launcher
+    from reefmap.execute.executors import Distributed, InProcess, open_executor
+
+    launched = []
+
+    def fake_launch(profile, jobs=None):
+        launched.append((profile, jobs))
+        return _FakeClient()
+
+    monkeypatch.setattr(launcher, "launch", fake_launch)
+    with open_executor(None, jobs=3) as ex:
+        assert isinstance(ex, Distributed) and launched[-1] == ("local", 3)
+    assert ex.client.closed == "shutdown"
+    with open_executor(None, profile="slurm-gpu", jobs=2) as ex:  # run_batch: the config's profile
+        assert launched[-1] == ("slurm-gpu", 2)
+    with open_executor("slurm-cpu", profile="slurm-gpu") as ex:  # an explicit client wins over the profile
+        assert launched[-1] == ("slurm-cpu", None)
+    with open_executor("tcp://10.0.0.5:8786") as ex:
+        assert launched[-1] == ("tcp://10.0.0.5:8786", None)
+    assert ex.client.closed == "close"
+    n = len(launched)
+    for client, profile in (("inprocess", "local"), (None, "inprocess")):
+        with open_executor(client, profile=profile) as ex:
+            assert isinstance(ex, InProcess) and ex.depth() == 2 and ex.depth(5) == 5
+    mine = _FakeClient()
+    with open_executor(mine, profile="slurm-gpu") as ex:
+        assert ex.client is mine
+    assert len(launched) == n and mine.closed is None
+
+
+def test_in_flight_depth_is_the_executors_for_every_run():
+    from reefmap.execute.executors import Distributed
+
+    cpu = {f"w{i}": {"resources": {}} for i in range(3)}
+    gpu = {f"w{i}": {"resources": {"GPU": 1}} for i in range(3)}
+    assert Distributed(_FakeClient(cpu)).depth() == 6 and Distributed(_FakeClient(gpu)).depth() == 12
+    assert Distributed(_FakeClient({})).depth() == 4 and Distributed(_FakeClient(gpu)).depth(7) == 7
+
+
+def test_global_blocks_stream_through_one_loop_without_draining():
+    """Blocks re-read the store between blocks while the loop keeps ``limit`` tasks in flight; every tile once."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from affine import Affine
+
+    from reefmap.compute.tiles import TileOutcome
+    from reefmap.execute.batch import Blocks
+    from reefmap.execute.loop import submit_bounded
+    from reefmap.execute.progress import RunProgress
+    from reefmap.geometry.grid import GeoBox, Shape
+    from reefmap.planning.plan import plan_tiles
+
+    plan = plan_tiles(GeoBox(Shape(256, 256), Affine(10.0, 0, 0, 0, -10.0, 0), "EPSG:32618"), 16, 0)
+    reads = []
+
+    class Store:  # nothing is ever finished in it: only "submitted by this job" keeps a tile from coming back
+        def states(self):
+            reads.append(1)
+            return np.zeros(tuple(plan.grid.shape), np.uint8)
+
+    class Executor:
+        def __init__(self):
+            self.in_flight, self.order = [], []
+
+        def submit(self, job, tasks, key):
+            f = Future()
+            f.tasks = tasks
+            self.order.append(f)
+            return f
+
+        def wait_one(self, futures):
+            self.in_flight.append(len(futures))
+            f = next(f for f in self.order if f in futures)
+            f.set_result([TileOutcome(t.index, int(TileState.DONE), 1, 0.0) for t in f.tasks])
+            return f
+
+    ex, outcomes = Executor(), []
+    blocks = Blocks(Store(), plan.selection, block=20, in_flight=4, batch=2, rng=np.random.default_rng(0),
+                    progress=RunProgress(plan.count, show=None))
+    submit_bounded(blocks, plan, SimpleNamespace(store=None), ex, limit=4, on_outcome=outcomes.append)
+    assert sorted(tuple(o.index) for o in outcomes) == sorted(map(tuple, plan.tiles().tolist()))
+    assert blocks.rounds >= 256 // 20 and len(reads) == blocks.rounds + 1  # one read per block, one to see the end
+    assert ex.in_flight[:-3] == [4] * (len(ex.in_flight) - 3)  # only the final drain runs below the limit
