@@ -138,8 +138,9 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
     tiles = np.argwhere(plan.remaining(finished))
     progress = RunProgress(plan.count, plan.count - len(tiles), show="bar" if options.progress else None)
     b = max(1, options.batch)
-    submit_bounded((tiles[i:i + b] for i in range(0, len(tiles), b)), plan, job, executor,
-                   limit=executor.depth(options.max_in_flight), stop=stop, on_outcome=chain(progress.on_outcome, on_outcome))
+    groups = (tiles[i:i + b] for i in range(0, len(tiles), b))
+    submit_bounded(groups, plan, job, executor, limit=executor.depth(options.max_in_flight), stop=stop,
+                   on_outcome=chain(progress.on_outcome, on_outcome))
     progress.close()
     return RunSummary(
         store=store.url, planned=plan.count, already_finished=plan.count - len(tiles), computed=progress.n,
@@ -172,10 +173,12 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     return summary
 
 
-def run_config(cfg: RunConfig, *, client: Any = None, progress: bool = True, raise_on_failure: bool = True) -> RunSummary:
+def run_config(cfg: RunConfig, *, client: Any = None, progress: bool = True,
+               raise_on_failure: bool = True) -> RunSummary:
     """:func:`run` as a ``RunConfig`` (``reefmap run`` flags or YAML) says: its mosaic files opened as one mosaic."""
     from reefmap.sources import open_mosaic
 
     mosaic = open_mosaic(list(cfg.mosaic) if len(cfg.mosaic) > 1 else cfg.mosaic[0], crs=cfg.crs)
-    return run(mosaic, cfg.model, cfg.out, bbox=cfg.bbox, tile=cfg.tile, halo=cfg.halo, screen=cfg.screen, client=client,
-               workers=cfg.workers, batch=cfg.batch, progress=progress, raise_on_failure=raise_on_failure)
+    return run(mosaic, cfg.model, cfg.out, bbox=cfg.bbox, tile=cfg.tile, halo=cfg.halo, screen=cfg.screen,
+               client=client, workers=cfg.workers, batch=cfg.batch, progress=progress,
+               raise_on_failure=raise_on_failure)
