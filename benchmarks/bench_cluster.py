@@ -107,7 +107,8 @@ def measure(client, mosaic, bundle: str, work: Path, name: str, tile: int) -> di
     """Warm every worker on a throw-away store, then time one execute() of the whole plan into a fresh store."""
     from distributed import get_task_stream
 
-    from reefmap.execute.runner import execute, prepare
+    from reefmap.execute.executors import Distributed
+    from reefmap.execute.runner import RunOptions, execute, prepare
 
     workers = sorted(client.scheduler_info()["workers"])
     warm_out = work / f"{name}-warm.zarr"
@@ -126,7 +127,7 @@ def measure(client, mosaic, bundle: str, work: Path, name: str, tile: int) -> di
     outcomes = []
     with get_task_stream(client) as ts:
         t = time.perf_counter()
-        summary = execute(plan, job, store, client=client, progress=False, on_outcome=outcomes.append)
+        summary = execute(plan, job, store, Distributed(client), RunOptions(progress=False), on_outcome=outcomes.append)
         wall = time.perf_counter() - t
     assert summary.failed == 0 and summary.computed == plan.count, summary
     # gaps between consecutive tile tasks on the same worker (the scheduler's dispatch latency)

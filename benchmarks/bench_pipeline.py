@@ -91,16 +91,19 @@ def main(argv=None) -> int:
         s = run(mosaic, None, out, tile=tile, screen=screen, client=client, workers=a.workers, progress=False)
         return s, time.perf_counter() - t
 
-    from reefmap.cluster.local import local_client
+    from reefmap.cluster import launch
 
     os.environ["REEFMAP_INFERENCE_THREADS"] = "1"  # workers inherit it: workers x 1 thread = the bare model's threads
-    with local_client(a.workers) as client:
+    client = launch("local", a.workers)  # the profile run() launches by default
+    try:
         pipeline(client, "map-localcluster-warm")  # workers load the model and compile the kernels once
         s_lc, t_lc = min((pipeline(client, "map-localcluster") for _ in range(2)), key=lambda r: r[1])
+    finally:
+        client.shutdown()
     os.environ["REEFMAP_INFERENCE_THREADS"] = str(threads)
-    pipeline(None, "map-inprocess-warm")
-    s_ip, t_ip = min((pipeline(None, "map-inprocess") for _ in range(2)), key=lambda r: r[1])
-    s_sc, t_sc = pipeline(None, "map-inprocess-screened", screen=True)
+    pipeline("inprocess", "map-inprocess-warm")
+    s_ip, t_ip = min((pipeline("inprocess", "map-inprocess") for _ in range(2)), key=lambda r: r[1])
+    s_sc, t_sc = pipeline("inprocess", "map-inprocess-screened", screen=True)
     mpx = a.size * a.size / 1e6
 
     # 4. per-tile cost of a skipped empty tile vs an inferred tile (same reader, model and store): three tile

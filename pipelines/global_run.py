@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""One batch job of a global reefmap run — a thin wrapper over ``reefmap.execute.batch`` (all logic lives there).
+"""One batch job of a global reefmap run — a thin wrapper over ``reefmap.cli.global_cmds`` (the logic lives in
+``reefmap.execute.batch``).
 
     python pipelines/global_run.py pipelines/configs/global-l15.yaml [--mask M] [--out S] [--profile P] [--jobs N]
 
@@ -14,7 +15,7 @@ may run on one store at once. Exit status: 0 complete, 3 stopped with work left,
 
 import sys
 
-from reefmap.execute.batch import main
+from reefmap.cli.global_cmds import global_run_main as main
 
 if __name__ == "__main__":  # the guard LocalCluster's spawned workers need
     sys.exit(main())

@@ -16,7 +16,7 @@ from reefmap.cluster import launcher as cluster
 from reefmap.errors import ClusterError, InvalidParameter
 from slurm_fixtures import slurm, slurm_overrides, squeue, wait_until  # noqa: F401  (fixtures + helpers)
 
-PROFILES = cluster.REPO_PROFILES
+PROFILES = cluster.PACKAGE_PROFILES
 SHIPPED = ["local", "slurm-cpu", "slurm-gpu"]
 
 
@@ -24,6 +24,49 @@ SHIPPED = ["local", "slurm-cpu", "slurm-gpu"]
 def test_shipped_profiles_are_found():
     assert set(SHIPPED) <= set(cluster.profile_names())
     assert all((PROFILES / f"{n}.yaml").is_file() for n in SHIPPED)
+
+
+def test_profiles_are_package_data_loaded_from_the_package(monkeypatch):
+    """The profiles live inside the package (so a wheel carries them), found through importlib.resources."""
+    import tomllib
+    from importlib import resources
+    from pathlib import Path
+
+    import reefmap
+
+    monkeypatch.delenv(cluster.PROFILES_ENV, raising=False)
+    package = Path(reefmap.__file__).parent
+    assert PROFILES == package / "cluster" / "profiles" == Path(str(resources.files("reefmap.cluster") / "profiles"))
+    assert cluster.profile_dirs() == [PROFILES]
+    for name in SHIPPED:
+        assert cluster.load_profile(name) == cluster.load_profile(PROFILES / f"{name}.yaml")
+    assert cluster.load_profile("local")["threads_per_worker"] == 1
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    assert "cluster/profiles/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["reefmap"]
+
+
+@pytest.mark.slow
+def test_profiles_load_from_an_installed_wheel(tmp_path):
+    """A wheel built from this checkout carries the profiles, and reefmap installed from it finds them."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(cluster.__file__).resolve().parents[2]
+    src = tmp_path / "src"
+    shutil.copytree(repo / "reefmap", src / "reefmap", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("reefmap-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = ("import reefmap.cluster.launcher as c; print(c.PACKAGE_PROFILES); print(c.profile_names()); "
+            "print(c.load_profile('slurm-gpu')['job_name'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)}).stdout.splitlines()  # fmt: skip
+    assert out == [str(site / "reefmap" / "cluster" / "profiles"), str(SHIPPED), "reefmap-gpu"], out
 
 
 def _keys(node, prefix=""):
@@ -414,14 +457,10 @@ def test_local_workers_start_without_dasks_malloc_trim_threshold():
 
     from distributed import Client, LocalCluster
 
-    from reefmap.cluster.local import local_client
-
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.CRITICAL) as lc, \
             Client(lc) as c:  # control: dask's own default reaches the worker
         assert next(iter(c.run(_exec_environ).values())).get("MALLOC_TRIM_THRESHOLD_") == "65536"
-    with local_client(1) as c:
-        assert "MALLOC_TRIM_THRESHOLD_" not in next(iter(c.run(_exec_environ).values()))
-    client = cluster.launch("local", n_workers=1)
+    client = cluster.launch("local", n_workers=1)  # the one LocalCluster recipe (run() and global runs use it)
     try:
         assert "MALLOC_TRIM_THRESHOLD_" not in next(iter(client.run(_exec_environ).values()))
     finally:

@@ -485,7 +485,7 @@ def test_global_run_sbatch_script_stops_on_sigusr1_and_resumes(tmp_path, random_
 
 
 def test_run_progress_line():
-    from reefmap.execute.batch import RunProgress
+    from reefmap.execute.progress import RunProgress
     from reefmap.compute.tiles import TileOutcome
 
     now = [0.0]

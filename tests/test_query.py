@@ -322,7 +322,7 @@ def test_query_of_a_map_made_by_run(random_bundle, tmp_path):
     gb = GeoBox(Shape(128, 160), Affine(0.001, 0, -77.5, 0, -0.001, 24.5), "EPSG:4326")
     reader = memory_reader(arr, gb, nodata=0, band_names=["red", "green", "blue"])
     try:
-        run(reader, random_bundle.path, tmp_path / "run.zarr", tile=64, client=None, progress=False)
+        run(reader, random_bundle.path, tmp_path / "run.zarr", tile=64, client="inprocess", progress=False)
     finally:
         reader.release()
     res = query(tmp_path / "run.zarr", bbox=(-77.45, 24.40, -77.36, 24.45))

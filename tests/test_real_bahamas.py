@@ -26,7 +26,7 @@ CODES = {"deep_water": 1, "shallow": 2, "reef": 3, "land": 4, "cloud": 5}
 def bahamas_map(tmp_path_factory):
     path = shared_data("real", "RGB.byte.tif")
     out = tmp_path_factory.mktemp("bahamas") / "map.zarr"
-    summary = run(open_mosaic(str(path), chunks=256), None, out, tile=256, client=None, progress=False)
+    summary = run(open_mosaic(str(path), chunks=256), None, out, tile=256, client="inprocess", progress=False)
     return path, out, summary
 
 
@@ -62,7 +62,7 @@ def test_four_overlapping_files_and_the_cog_give_the_same_map(bahamas_map, tmp_p
     parts = [str(shared_data("real", f"rgb{i}.tif")) for i in range(1, 5)]
     for name, source in (("four", parts), ("cog", str(shared_data("real", "RGB.byte.cog.tif")))):
         out = tmp_path / f"{name}.zarr"
-        run(open_mosaic(source, chunks=256), None, out, tile=256, client=None, progress=False)
+        run(open_mosaic(source, chunks=256), None, out, tile=256, client="inprocess", progress=False)
         g = zarr.open_group(str(out), mode="r")
         for var in ("classification", "reef_probability"):
             np.testing.assert_array_equal(g[var][:], ref_g[var][:], err_msg=f"{name}: {var}")
@@ -72,7 +72,7 @@ def test_four_overlapping_files_and_the_cog_give_the_same_map(bahamas_map, tmp_p
 
 def test_an_alpha_band_becomes_the_nodata_mask(tmp_path):
     out = tmp_path / "rgba.zarr"
-    run(open_mosaic(str(shared_data("real", "RGBA.byte.tif")), chunks=256), None, out, tile=256, client=None, progress=False)
+    run(open_mosaic(str(shared_data("real", "RGBA.byte.tif")), chunks=256), None, out, tile=256, client="inprocess", progress=False)
     cls = zarr.open_group(str(out), mode="r")["classification"][:]
     with rasterio.open(shared_data("real", "RGBA.byte.tif")) as src:
         alpha = src.read(4)

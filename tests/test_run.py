@@ -17,10 +17,13 @@ from reefmap.errors import BandMismatch, InvalidParameter, NotAReefmapStore, Sto
 from reefmap.compute.segment import segment
 from reefmap.model.segmenter import load_model
 from reefmap.store.status import status
-from reefmap.execute.runner import execute, prepare, run
+from reefmap.execute.runner import RunOptions, execute, prepare, run
 from reefmap.sources import open_mosaic
 from reefmap.store.format import TileState
 from reefmap.store.mapstore import MapStore
+
+
+QUIET = RunOptions(progress=False)
 
 
 def layers(path):
@@ -30,7 +33,7 @@ def layers(path):
 
 def test_runner_agrees_with_segment_and_store_decodes_like_it(memory_mosaic, random_bundle, tmp_path):
     da, arr = memory_mosaic
-    summary = run(da, random_bundle.path, tmp_path / "m.zarr", tile=128, client=None, progress=False)
+    summary = run(da, random_bundle.path, tmp_path / "m.zarr", tile=128, client="inprocess", progress=False)
     assert summary.planned == 6 * 8 and summary.computed == 48 and summary.failed == 0
     assert summary.skipped >= 1  # the nodata corner
     ds = xr.open_zarr(tmp_path / "m.zarr", consolidated=False)
@@ -52,14 +55,14 @@ def test_resume_computes_only_unfinished_tiles(zarr_mosaic, random_bundle, tmp_p
     # finish a third of the plan, as a killed run would have
     part = np.zeros(tuple(plan.grid.shape), bool)
     part[:2] = True
-    execute(plan.__class__(plan.grid, plan.halo, part), job, store, progress=False)
+    execute(plan.__class__(plan.grid, plan.halo, part), job, store, options=QUIET)
     first = store.states().copy()
     assert (first[:2] != 0).all() and (first[2:] == 0).all()
-    s = run(mosaic, random_bundle.path, out, tile=128, client=None, progress=False)
+    s = run(mosaic, random_bundle.path, out, tile=128, client="inprocess", progress=False)
     assert s.already_finished == 2 * plan.grid.shape.x and s.computed == plan.count - s.already_finished
-    again = run(mosaic, random_bundle.path, out, tile=128, client=None, progress=False)
+    again = run(mosaic, random_bundle.path, out, tile=128, client="inprocess", progress=False)
     assert again.computed == 0 and again.already_finished == plan.count
-    full = run(mosaic, random_bundle.path, tmp_path / "fresh.zarr", tile=128, client=None, progress=False)
+    full = run(mosaic, random_bundle.path, tmp_path / "fresh.zarr", tile=128, client="inprocess", progress=False)
     assert full.computed == plan.count
     for a, b in zip(layers(out), layers(tmp_path / "fresh.zarr")):
         np.testing.assert_array_equal(a, b)
@@ -76,7 +79,7 @@ def test_bbox_run_plans_a_subset_and_status_counts_pending(zarr_mosaic, random_b
 
     g = reader_of(mosaic).geobox.geographic_bounds()
     box = (g.left, g.bottom, g.left + (g.right - g.left) * 0.3, g.bottom + (g.top - g.bottom) * 0.3)
-    s = run(mosaic, random_bundle.path, tmp_path / "m.zarr", bbox=box, tile=128, client=None, progress=False)
+    s = run(mosaic, random_bundle.path, tmp_path / "m.zarr", bbox=box, tile=128, client="inprocess", progress=False)
     assert 0 < s.planned < 5 * 7
     st = status(str(tmp_path / "m.zarr"))
     assert st["planned"] == s.planned and st["pending"] == 0
@@ -91,7 +94,7 @@ def test_a_store_of_another_model_or_grid_is_refused_and_left_intact(zarr_mosaic
     path, _ = zarr_mosaic
     mosaic = open_mosaic(str(path))
     out = tmp_path / "m.zarr"
-    run(mosaic, random_bundle.path, out, tile=128, client=None, progress=False)
+    run(mosaic, random_bundle.path, out, tile=128, client="inprocess", progress=False)
     before = layers(out)
     other = load_model(random_bundle).net
     with torch.no_grad():
@@ -100,15 +103,15 @@ def test_a_store_of_another_model_or_grid_is_refused_and_left_intact(zarr_mosaic
     meta2["name"] = "another-model"
     b2 = save_bundle(tmp_path / "b2", other, meta2)
     with pytest.raises(StoreMismatch, match="model: store has"):
-        run(mosaic, b2.path, out, tile=128, client=None, progress=False)
+        run(mosaic, b2.path, out, tile=128, client="inprocess", progress=False)
     with pytest.raises(StoreMismatch, match="grid"):
-        run(mosaic, random_bundle.path, out, tile=256, client=None, progress=False)
+        run(mosaic, random_bundle.path, out, tile=256, client="inprocess", progress=False)
     for a, b in zip(before, layers(out)):
         np.testing.assert_array_equal(a, b)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "x.txt").write_text("keep me")
     with pytest.raises(NotAReefmapStore):
-        run(mosaic, random_bundle.path, tmp_path / "notes", tile=128, client=None, progress=False)
+        run(mosaic, random_bundle.path, tmp_path / "notes", tile=128, client="inprocess", progress=False)
     assert (tmp_path / "notes" / "x.txt").read_text() == "keep me"
     with pytest.raises(NotAReefmapStore):
         status(str(tmp_path / "notes"))
@@ -122,9 +125,9 @@ def test_band_count_and_halo_are_checked_before_anything_is_written(memory_mosai
     two = memory_reader(np.zeros((2, 64, 64), np.uint8), reader_of(da).geobox.window(
         __import__("reefmap.geometry.grid", fromlist=["Window"]).Window(0, 64, 0, 64)), nodata=0)
     with pytest.raises(BandMismatch, match="has 2 bands"):
-        run(two, random_bundle.path, tmp_path / "a.zarr", client=None, progress=False)
+        run(two, random_bundle.path, tmp_path / "a.zarr", client="inprocess", progress=False)
     with pytest.raises(InvalidParameter, match="receptive radius"):
-        run(da, random_bundle.path, tmp_path / "b.zarr", halo=8, client=None, progress=False)
+        run(da, random_bundle.path, tmp_path / "b.zarr", halo=8, client="inprocess", progress=False)
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
 
 
@@ -136,7 +139,7 @@ def test_two_runs_racing_on_one_store_give_the_same_map(zarr_mosaic, random_bund
 
     def go():
         try:
-            run(mosaic, random_bundle.path, out, tile=128, client=None, progress=False)
+            run(mosaic, random_bundle.path, out, tile=128, client="inprocess", progress=False)
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -144,7 +147,7 @@ def test_two_runs_racing_on_one_store_give_the_same_map(zarr_mosaic, random_bund
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors
-    run(mosaic, random_bundle.path, tmp_path / "solo.zarr", tile=128, client=None, progress=False)
+    run(mosaic, random_bundle.path, tmp_path / "solo.zarr", tile=128, client="inprocess", progress=False)
     for a, b in zip(layers(out), layers(tmp_path / "solo.zarr")):
         np.testing.assert_array_equal(a, b)
 
@@ -184,25 +187,25 @@ def test_a_stop_before_the_first_submit_computes_nothing(zarr_mosaic, random_bun
     plan, job, store = prepare(open_mosaic(str(path)), random_bundle.path, tmp_path / "m.zarr", tile=128)
     stop = threading.Event()
     stop.set()
-    s = execute(plan, job, store, progress=False, stop=stop)
+    s = execute(plan, job, store, options=QUIET, stop=stop)
     assert s.computed == 0 and s.stopped and not store.states().any()
 
 
 def test_a_lost_task_fails_only_its_tiles_and_a_config_error_stops_the_run(zarr_mosaic, random_bundle, tmp_path,
                                                                            monkeypatch):
-    import reefmap.execute.runner as run_mod
+    import reefmap.execute.executors as executors  # where the in-process executor finds run_tiles
 
     path, _ = zarr_mosaic
     plan, job, store = prepare(open_mosaic(str(path)), random_bundle.path, tmp_path / "m.zarr", tile=128)
-    real = run_mod.run_tiles
+    real = executors.run_tiles
 
     def flaky(job, tasks):
         if tuple(tasks[0].index) == (1, 2):
             raise OSError("worker lost its disk")  # not a tile's own failure: the whole task is lost
         return real(job, tasks)
 
-    monkeypatch.setattr(run_mod, "run_tiles", flaky)
-    s = execute(plan, job, store, progress=False)
+    monkeypatch.setattr(executors, "run_tiles", flaky)
+    s = execute(plan, job, store, options=QUIET)
     assert s.failed == 1 and s.computed == plan.count and "worker lost its disk" in s.failures[(1, 2)]
     states = store.states()
     others = np.ones(states.shape, bool)
@@ -210,17 +213,17 @@ def test_a_lost_task_fails_only_its_tiles_and_a_config_error_stops_the_run(zarr_
     assert states[1, 2] == TileState.FAILED and (states[others] > 0).all() and (states[others] != TileState.FAILED).all()
     assert "task lost: OSError" in store.errors()[(1, 2)]
 
-    monkeypatch.setattr(run_mod, "run_tiles", real)  # the resume retries the failed tile only
-    again = execute(plan, job, store, progress=False)
+    monkeypatch.setattr(executors, "run_tiles", real)  # the resume retries the failed tile only
+    again = execute(plan, job, store, options=QUIET)
     assert again.computed == 1 and again.failed == 0 and store.states()[1, 2] == TileState.DONE
 
     def misconfigured(job, tasks):
         raise BandMismatch("the mosaic has 4 bands but the model expects 3")
 
-    monkeypatch.setattr(run_mod, "run_tiles", misconfigured)
+    monkeypatch.setattr(executors, "run_tiles", misconfigured)
     with pytest.raises(BandMismatch):
         execute(plan.__class__(plan.grid, plan.halo, np.ones(tuple(plan.grid.shape), bool)), job,
-                MapStore.create_or_open(tmp_path / "n.zarr", plan.grid, {"model": "x", "halo": 0}, {}), progress=False)
+                MapStore.create_or_open(tmp_path / "n.zarr", plan.grid, {"model": "x", "halo": 0}, {}), options=QUIET)
 
 
 def test_the_package_functions_stay_functions_whatever_was_imported_before():
@@ -267,3 +270,110 @@ def test_concurrent_plan_records_and_error_marks_never_remove_each_others_files(
         list(pool.map(hammer, range(4)))
     assert store.states()[1, 1] == TileState.DONE and store.errors() == {}
     assert [p.token for p in store.plans()] == [plan.token]
+
+
+# -- one meaning of client, one loop ------------------------------------------------------------------------------
+class _FakeClient:
+    """Enough of a distributed.Client for the executors: the scheduler's worker list, and how it was closed."""
+
+    def __init__(self, workers=None):
+        self.workers, self.closed = workers or {}, None
+        self.scheduler = type("S", (), {"identity": None})()
+
+    def sync(self, fn, **kw):
+        return {"workers": self.workers}
+
+    def shutdown(self):
+        self.closed = "shutdown"
+
+    def close(self):
+        self.closed = "close"
+
+
+def test_client_means_the_same_in_run_and_run_batch(monkeypatch):
+    """None: launch the default profile (shut down after); 'inprocess': a thread here; a profile: launched; an
+    address: connected (only disconnected after); a Client: used as it is."""
+    import reefmap.cluster.launcher as launcher
+    from reefmap.execute.executors import Distributed, InProcess, open_executor
+
+    launched = []
+
+    def fake_launch(profile, jobs=None):
+        launched.append((profile, jobs))
+        return _FakeClient()
+
+    monkeypatch.setattr(launcher, "launch", fake_launch)
+    with open_executor(None, jobs=3) as ex:
+        assert isinstance(ex, Distributed) and launched[-1] == ("local", 3)
+    assert ex.client.closed == "shutdown"
+    with open_executor(None, profile="slurm-gpu", jobs=2) as ex:  # run_batch: the config's profile
+        assert launched[-1] == ("slurm-gpu", 2)
+    with open_executor("slurm-cpu", profile="slurm-gpu") as ex:  # an explicit client wins over the profile
+        assert launched[-1] == ("slurm-cpu", None)
+    with open_executor("tcp://10.0.0.5:8786") as ex:
+        assert launched[-1] == ("tcp://10.0.0.5:8786", None)
+    assert ex.client.closed == "close"
+    n = len(launched)
+    for client, profile in (("inprocess", "local"), (None, "inprocess")):
+        with open_executor(client, profile=profile) as ex:
+            assert isinstance(ex, InProcess) and ex.depth() == 2 and ex.depth(5) == 5
+    mine = _FakeClient()
+    with open_executor(mine, profile="slurm-gpu") as ex:
+        assert ex.client is mine
+    assert len(launched) == n and mine.closed is None
+
+
+def test_in_flight_depth_is_the_executors_for_every_run():
+    from reefmap.execute.executors import Distributed
+
+    cpu = {f"w{i}": {"resources": {}} for i in range(3)}
+    gpu = {f"w{i}": {"resources": {"GPU": 1}} for i in range(3)}
+    assert Distributed(_FakeClient(cpu)).depth() == 6 and Distributed(_FakeClient(gpu)).depth() == 12
+    assert Distributed(_FakeClient({})).depth() == 4 and Distributed(_FakeClient(gpu)).depth(7) == 7
+
+
+def test_global_blocks_stream_through_one_loop_without_draining():
+    """Blocks re-read the store between blocks while the loop keeps ``limit`` tasks in flight; every tile once."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from affine import Affine
+
+    from reefmap.compute.tiles import TileOutcome
+    from reefmap.execute.batch import Blocks
+    from reefmap.execute.loop import submit_bounded
+    from reefmap.execute.progress import RunProgress
+    from reefmap.geometry.grid import GeoBox, Shape
+    from reefmap.planning.plan import plan_tiles
+
+    plan = plan_tiles(GeoBox(Shape(256, 256), Affine(10.0, 0, 0, 0, -10.0, 0), "EPSG:32618"), 16, 0)
+    reads = []
+
+    class Store:  # nothing is ever finished in it: only "submitted by this job" keeps a tile from coming back
+        def states(self):
+            reads.append(1)
+            return np.zeros(tuple(plan.grid.shape), np.uint8)
+
+    class Executor:
+        def __init__(self):
+            self.in_flight, self.order = [], []
+
+        def submit(self, job, tasks, key):
+            f = Future()
+            f.tasks = tasks
+            self.order.append(f)
+            return f
+
+        def wait_one(self, futures):
+            self.in_flight.append(len(futures))
+            f = next(f for f in self.order if f in futures)
+            f.set_result([TileOutcome(t.index, int(TileState.DONE), 1, 0.0) for t in f.tasks])
+            return f
+
+    ex, outcomes = Executor(), []
+    blocks = Blocks(Store(), plan.selection, block=20, in_flight=4, batch=2, rng=np.random.default_rng(0),
+                    progress=RunProgress(plan.count, show=None))
+    submit_bounded(blocks, plan, SimpleNamespace(store=None), ex, limit=4, on_outcome=outcomes.append)
+    assert sorted(tuple(o.index) for o in outcomes) == sorted(map(tuple, plan.tiles().tolist()))
+    assert blocks.rounds >= 256 // 20 and len(reads) == blocks.rounds + 1  # one read per block, one to see the end
+    assert ex.in_flight[:-3] == [4] * (len(ex.in_flight) - 3)  # only the final drain runs below the limit

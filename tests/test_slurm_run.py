@@ -2,7 +2,7 @@
 
 The SLURM tests use the local SLURM (``cluster/local-slurm/start.sh``) through ``reefmap.cluster.launch("slurm-cpu")``
 and skip with the reason when it is down. Every map is compared, layer by layer, with the same run done in this
-process (``client=None``); torch runs one thread on both sides, since its results change in the last bits with
+process (``client="inprocess"``); torch runs one thread on both sides, since its results change in the last bits with
 the thread count.
 """
 
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from reefmap.cluster import launcher as cluster
-from reefmap.execute.runner import execute, prepare, run
+from reefmap.execute.executors import Distributed
+from reefmap.execute.runner import RunOptions, execute, prepare, run
 from reefmap.sources import open_mosaic
 from reefmap.store.format import FINISHED_STATES, TileState
 from slurm_fixtures import reap, slurm, slurm_overrides, squeue, wait_until  # noqa: F401  (fixtures + helpers)
@@ -43,7 +44,7 @@ def _overrides(slurm_overrides: dict) -> dict:
 
 def _reference(mosaic, bundle, out, tile=TILE):
     """The same run in this process (the map every cluster run must reproduce byte for byte)."""
-    s = run(mosaic, bundle.path, out, tile=tile, client=None, progress=False)
+    s = run(mosaic, bundle.path, out, tile=tile, client="inprocess", progress=False)
     assert s.failed == 0 and s.computed == s.planned
     return layers(out)
 
@@ -133,7 +134,7 @@ def test_slurm_run_survives_a_cancelled_worker_job(slurm, slurm_overrides, zarr_
                                  pending=int((store.states() == TileState.PENDING).sum()))
                 subprocess.run(["scancel", at_cancel["victim"]], check=True, timeout=10)
 
-        summary = execute(plan, job, store, client=client, progress=False, on_outcome=on_outcome)
+        summary = execute(plan, job, store, Distributed(client), RunOptions(progress=False), on_outcome=on_outcome)
         assert at_cancel, "the run ended before the cancel"
         assert at_cancel["in_flight"] >= 1 and at_cancel["pending"] >= 20, at_cancel  # the cancel landed mid-run
         assert summary.failed == 0 and not summary.stopped
@@ -179,5 +180,5 @@ def test_tiles_run_only_on_the_gpu_worker_of_a_mixed_cluster(zarr_mosaic, random
             steps.setdefault(step, []).append(t["worker"])
     assert {k: len(v) for k, v in steps.items()} == {"read": 35, "predict": 35, "write": 35}
     assert set(steps["predict"]) == {by_name["gpu"]}, {a: steps["predict"].count(a) for a in set(steps["predict"])}
-    run(mosaic, random_bundle.path, tmp_path / "ref.zarr", tile=128, client=None, progress=False)
+    run(mosaic, random_bundle.path, tmp_path / "ref.zarr", tile=128, client="inprocess", progress=False)
     _assert_same_map(tmp_path / "m.zarr", layers(tmp_path / "ref.zarr"))  # three steps, the same map as one

@@ -144,7 +144,7 @@ def test_credentials_reach_the_workers_but_never_the_maps_provenance(gcs_fs, tmp
     m = open_mosaic(f"gs://{bucket}/secret/a.tif", chunks=64, storage_options=STORAGE_OPTIONS)
     assert reader_of(m).spec()["storage_options"] == STORAGE_OPTIONS  # workers rebuild the reader with them
     out = tmp_path / "m.zarr"
-    run(m, random_bundle.path, out, tile=64, client=None, progress=False)
+    run(m, random_bundle.path, out, tile=64, client="inprocess", progress=False)
     attrs = zarr.open_group(str(out), mode="r").attrs.asdict()["reefmap"]
     assert attrs["sources"][0]["storage_options"] == {"token": "<redacted>"}
     assert attrs["sources"][0]["paths"] == [f"gs://{bucket}/secret/a.tif"]

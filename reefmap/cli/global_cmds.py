@@ -1,13 +1,19 @@
-"""``reefmap plan CONFIG.yaml [--mask M] [--json]``: what a global run would compute, without computing anything.
+"""Global runs on the command line: ``reefmap plan`` and the batch job of ``pipelines/global_run.py``.
 
-Wired into ``reefmap/cli.py`` by ``add_commands(sub)``. Imports neither torch nor the mosaic: planning is the
+``reefmap plan CONFIG.yaml [--mask M] [--json]``: what a global run would compute, without computing anything.
+Wired into ``reefmap.cli.main`` by ``add_commands(sub)``. Imports neither torch nor the mosaic: planning is the
 grid arithmetic plus one tile-resolution rasterization of the candidate mask.
+
+``global_run_main(argv)``: one batch job (``python pipelines/global_run.py CONFIG ...``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import sys
 
 
 def add_commands(subparsers) -> None:
@@ -26,41 +32,63 @@ def add_commands(subparsers) -> None:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from reefmap.execute.batch import plan_global
     from reefmap.config import GlobalRunConfig
+    from reefmap.execute.batch import format_plan, plan_report
 
-    cfg = GlobalRunConfig.from_yaml(a.config, mask=a.mask, buffer_km=a.buffer_km)
-    gp = plan_global(cfg)
-    d = {"config": a.config, **gp.to_json(), "region": None if cfg.region is None else list(cfg.region),
-         "out": cfg.out, "computed": False}
-    if a.json:
-        print(json.dumps(d, indent=2))
-    else:
-        print(format_plan(d))
+    d = plan_report(GlobalRunConfig.from_yaml(a.config, mask=a.mask, buffer_km=a.buffer_km))
+    print(json.dumps(d, indent=2) if a.json else format_plan(d))
     return 0
 
 
-def format_plan(d: dict) -> str:
-    g = d["grid"]
-    kind = f" ({g['kind']} zoom {g['zoom']})" if g.get("kind") else ""
-    lon0, lat0, lon1, lat1 = g["lonlat_bounds"]
-    lines = [
-        f"config   {d['config']}",
-        f"grid     {g['crs']}{kind} · pixel {g['pixel_size']:.4f} · tile {g['tile_px']} px ({g['tile_size']:.1f} CRS units)"
-        f" · {g['tiles_wide']} x {g['tiles_tall']} tiles ({g['pixels_wide']} x {g['pixels_tall']} px)",
-        f"extent   lon {lon0:.3f} .. {lon1:.3f}, lat {lat0:.3f} .. {lat1:.3f}",
-        f"tiles    {d['tiles_total']} in the grid"
-        + (f" · {d['tiles_in_region']} in region {d['region']}" if d.get("region") else ""),
-    ]
-    m = d.get("mask")
-    pct = 100.0 * d["tiles_planned"] / d["tiles_total"] if d["tiles_total"] else 0.0
-    if m:
-        what = f"vector, {m['features']} features, buffer {m['buffer_km']:g} km" if m["kind"] == "vector" else "raster"
-        lines.append(f"mask     {m['source']} ({what}, {m['crs']})")
-    else:
-        lines.append("mask     none (every tile of the grid/region is planned)")
-    lines.append(f"planned  {d['tiles_planned']} tiles ({pct:.3f}% of the grid)")
-    if d["tiles_planned"] == 0:
-        lines.append("warning  no tile survives: check mask:, mask_crs: and region:")
-    lines.append(f"took     {d['seconds']:.2f}s (nothing computed; output would go to {d['out']})")
-    return "\n".join(lines)
+def global_run_main(argv: list[str] | None = None) -> int:
+    """``python pipelines/global_run.py CONFIG [--mask M] [--out S] [--profile P] [--jobs N] ...``"""
+    from reefmap.errors import ReefmapError
+    from reefmap.config import GlobalRunConfig
+    from reefmap.errors import AbandonRun
+    from reefmap.execute.batch import EXIT_STOPPED, EXIT_USAGE, run_job
+
+    p = argparse.ArgumentParser(prog="global_run", description="One batch job of a global reefmap run (resumable; "
+                                "SIGUSR1/SIGTERM stop it cleanly; exit 0 complete, 3 stopped with work left, 1 failures)")
+    p.add_argument("config", help="global-run YAML (e.g. pipelines/configs/global-l15.yaml)")
+    p.add_argument("--mask", help="candidate mask file (overrides the config and $REEFMAP_MASK); 'none' for no mask")
+    p.add_argument("--out", help="output store (overrides out:)")
+    p.add_argument("--model", help="model bundle directory (overrides model:)")
+    p.add_argument("--profile", help="cluster profile (overrides cluster.profile): local, slurm-gpu, ..., "
+                   "a scheduler address, or inprocess")
+    p.add_argument("--jobs", type=int, help="cluster jobs/workers (overrides cluster.jobs)")
+    p.add_argument("--max-in-flight", type=int, help="tiles in flight at once (overrides max_in_flight:)")
+    p.add_argument("--summary", help="summary JSON path (overrides summary:; {job} = the job tag)")
+    p.add_argument("--order-seed", type=int, help="seed of the block order (default: random per job)")
+    p.add_argument("--log-every", type=float, help="seconds between progress lines (overrides log_every_s:)")
+    p.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
+    a = p.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if a.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    if not a.debug:  # dask's own INFO chatter (scheduler/nanny start-up) drowns the progress lines
+        for name in ("distributed", "dask"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        cfg = GlobalRunConfig.from_yaml(a.config, mask=a.mask, out=_abs(a.out), model=_abs(a.model), cluster_profile=a.profile,
+                                        cluster_jobs=a.jobs, max_in_flight=a.max_in_flight, summary=_abs(a.summary),
+                                        log_every_s=a.log_every)
+        s = run_job(cfg, order_seed=a.order_seed)
+    except AbandonRun:
+        return EXIT_STOPPED
+    except ReefmapError as e:
+        if a.debug:
+            raise
+        print(f"global_run: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps({"summary": s.summary_path, "exit_code": s.exit_code, "complete": s.complete,
+                      "stopped": s.stopped, "computed": s.computed, "remaining": s.remaining}), flush=True)
+    if s.stopped:
+        logging.getLogger("reefmap.execute.batch").warning(
+            f"stopped with {s.remaining} tiles left: resubmit the same job to continue")
+    return s.exit_code
+
+
+def _abs(p: str | None) -> str | None:
+    """A path flag is relative to the working directory (config keys are relative to the config file)."""
+    if p is None or "://" in p:
+        return p
+    return os.path.abspath(p)

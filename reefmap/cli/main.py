@@ -25,26 +25,20 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(a) -> int:
-    from reefmap.execute import runner as runmod
     from reefmap.config import RunConfig
-    from reefmap.sources import open_mosaic
+    from reefmap.execute.runner import run_config
 
     over = {"mosaic": tuple(a.mosaic) if a.mosaic else None, "out": a.out, "model": a.model, "bbox": a.bbox,
             "tile": a.tile, "halo": a.halo, "workers": a.workers, "crs": a.crs, "screen": a.screen}
     cfg = RunConfig.from_yaml(a.config, **over) if a.config else RunConfig(**{k: v for k, v in over.items() if v is not None})
-    mosaic = open_mosaic(list(cfg.mosaic) if len(cfg.mosaic) > 1 else cfg.mosaic[0], crs=cfg.crs)
-    summary = runmod.run(mosaic, cfg.model, cfg.out, bbox=cfg.bbox, tile=cfg.tile, halo=cfg.halo, screen=cfg.screen,
-                         workers=cfg.workers, batch=cfg.batch, progress=not a.json, raise_on_failure=False)
-    print(runmod.summary_json(summary) if a.json else summary)
-    if summary.failed:
-        raise TileFailures(f"{summary.failed} tile(s) failed: " + "; ".join(
-            f"tile {k}: {v}" for k, v in list(summary.failures.items())[:5]) +
-            ". The other tiles are written; fix the input and re-run the same command to finish", summary.failures)
+    summary = run_config(cfg, progress=not a.json, raise_on_failure=False)
+    print(json.dumps(summary.to_json(), indent=2) if a.json else summary)
+    summary.raise_for_failures()
     return 0
 
 
 def cmd_demo(a) -> int:
-    from reefmap.cli.demo import run_demo
+    from reefmap.execute.demo import run_demo
 
     result = run_demo(a.out, size=a.size, workers=a.workers, seed=a.seed)
     print(result["summary"])

@@ -1,8 +1,9 @@
 """Dask clusters from profiles: a LocalCluster, SLURM through dask-jobqueue, or an existing scheduler.
 
-Cluster settings are data, not code: each profile is a YAML file in ``cluster/profiles/`` (every key commented)::
+Cluster settings are data, not code: each profile is a YAML file in ``reefmap/cluster/profiles/`` (package data,
+every key commented)::
 
-    client = launch()                               # profile "local": a LocalCluster (cluster/profiles/local.yaml)
+    client = launch()                               # profile "local": a LocalCluster (profiles/local.yaml)
     client = launch("slurm-gpu", jobs=4)            # 4 SLURM jobs, one dask worker and one GPU each
     client = launch("slurm-cpu", adapt=(0, 20))     # 0..20 jobs, following the load
     client = launch("site/my-cluster.yaml", queue="gpu-long", walltime="08:00:00")   # a profile file + overrides
@@ -17,9 +18,8 @@ defaults. ``None`` (YAML ``null``) at any level means "not set here": the next l
 whole. The local profile has no dask-config level (LocalCluster's defaults apply).
 
 **Where profiles are found**: ``<name>.yaml`` in the directories of the environment variable ``REEFMAP_PROFILES``
-(``os.pathsep``-separated, searched first), then ``cluster/profiles/`` of the reefmap checkout this package lives in
-(``Path(reefmap.__file__).parents[1] / "cluster" / "profiles"``: editable installs and checkouts). The profiles are
-not copied into the wheel; an installed reefmap needs ``REEFMAP_PROFILES`` or a path to a profile file.
+(``os.pathsep``-separated, searched first), then the profiles shipped inside the package (``reefmap.cluster``'s
+``profiles/``, found with ``importlib.resources``: checkouts, editable installs and wheels alike).
 
 **SLURM configuration**: the SLURM client commands (``sbatch``, ``squeue``, ``scancel``) that dask-jobqueue calls must
 find ``slurm.conf``. On a real cluster they do; ``cluster/local-slurm/start.sh`` writes ``/etc/slurm/slurm.conf``
@@ -44,18 +44,21 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from reefmap.cluster.local import connected_workers
+from reefmap.cluster.local import connected_workers, start_local
 from reefmap.errors import ClusterError, InvalidParameter
 from reefmap.options import get_option
 
 __all__ = [
     "PROFILES_ENV",
+    "PACKAGE_PROFILES",
     "cluster_kwargs",
+    "is_address",
     "job_script",
     "launch",
     "load_profile",
@@ -64,10 +67,10 @@ __all__ = [
     "require_gpu",
 ]
 
-#: Environment variable: extra profile directories (``os.pathsep``-separated), searched before the repository's.
+#: Environment variable: extra profile directories (``os.pathsep``-separated), searched before the package's.
 PROFILES_ENV = "REEFMAP_PROFILES"
-#: The profiles shipped with the repository (``cluster/profiles/`` next to the ``reefmap`` package).
-REPO_PROFILES = Path(__file__).resolve().parents[2] / "cluster" / "profiles"
+#: The profiles shipped inside the package (package data of ``reefmap.cluster``).
+PACKAGE_PROFILES = Path(str(resources.files("reefmap.cluster") / "profiles"))
 
 _ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://", re.IGNORECASE)
 _PLACEHOLDER = "/path/to/"
@@ -113,9 +116,9 @@ class _Profile:
 
 # ------------------------------------------------------------------------------------------------ finding profiles
 def profile_dirs() -> list[Path]:
-    """The directories searched for ``<name>.yaml``, in order: ``$REEFMAP_PROFILES`` entries, then the repository's."""
+    """The directories searched for ``<name>.yaml``, in order: ``$REEFMAP_PROFILES`` entries, then the package's."""
     dirs = [Path(p).expanduser() for p in get_option("profiles")]
-    return [*dirs, REPO_PROFILES]
+    return [*dirs, PACKAGE_PROFILES]
 
 
 def profile_names() -> list[str]:
@@ -127,8 +130,9 @@ def profile_names() -> list[str]:
     return sorted(names)
 
 
-def _is_address(profile: str) -> bool:
-    return bool(_ADDRESS.match(profile))
+def is_address(profile: str | os.PathLike) -> bool:
+    """Whether ``profile`` is a scheduler address (``tcp://host:8786``, ``tls://...``) rather than a profile."""
+    return isinstance(profile, str) and bool(_ADDRESS.match(profile))
 
 
 def _profile_path(profile: str | os.PathLike) -> Path:
@@ -255,7 +259,7 @@ def _merge(base: dict[str, Any], profile: dict[str, Any], overrides: dict[str, A
 
 
 def _resolve(profile: str | os.PathLike, overrides: dict[str, Any]) -> tuple[_Profile, dict[str, Any]]:
-    if isinstance(profile, str) and _is_address(profile):
+    if is_address(profile):
         raise ClusterError(f"{profile!r} is a scheduler address, not a profile: it has no cluster options")
     prof = _read_profile(profile)
     overrides = dict(overrides)
@@ -389,9 +393,9 @@ def _validate_slurm(name: str, kw: dict[str, Any]) -> None:
 
 def _expects_gpu(kw: dict[str, Any]) -> bool:
     args = [str(a) for a in kw.get("worker_extra_args") or []]
-    resources = " ".join(v for v in (_flag_value(args, "--resources"),) if v)
+    asked = _flag_value(args, "--resources") or ""
     directives = " ".join(str(d) for d in kw.get("job_extra_directives") or [])
-    return "GPU=" in resources or bool(re.search(r"--gres=\S*gpu|--gpus", directives))
+    return "GPU=" in asked or bool(re.search(r"--gres=\S*gpu|--gpus", directives))
 
 
 def _placeholders(kw: dict[str, Any]) -> list[tuple[str, str]]:
@@ -478,7 +482,7 @@ def launch(
     only disconnects.
     """
     jobs, adapt = _check_scaling(jobs, adapt)
-    if isinstance(profile, str) and _is_address(profile):
+    if is_address(profile):
         if jobs is not None or adapt is not None or overrides or check_gpu:
             given = ", ".join([*(["jobs"] if jobs is not None else []), *(["adapt"] if adapt else []), *overrides])
             raise InvalidParameter(f"{profile!r} is a running scheduler: launch() only connects to it, so {given} "
@@ -486,7 +490,7 @@ def launch(
         return _connect(profile, timeout)
     prof, kw = _resolve(profile, overrides)
     if prof.kind == "local":
-        return _launch_local(prof, kw, jobs, adapt, wait, timeout)
+        return start_local(prof.name, kw, jobs, adapt, wait, timeout)
     return _launch_slurm(prof, kw, jobs, adapt, wait, timeout, check_gpu)
 
 
@@ -498,43 +502,6 @@ def _connect(address: str, timeout: float):
     except (OSError, TimeoutError) as e:
         raise ClusterError(f"cannot connect to the scheduler at {address} within {timeout} s: {e}") from None
     print(f"reefmap: connected to {address}; dashboard: {client.dashboard_link}", flush=True)
-    return client
-
-
-def _launch_local(prof: _Profile, kw: dict[str, Any], jobs, adapt, wait: bool, timeout: float):
-    from distributed import Client, LocalCluster
-
-    if kw.get("processes", True):  # worker processes have nannies: keep glibc's malloc adaptive (reefmap.cluster.nanny)
-        kw["preload_nanny"] = [*kw.get("preload_nanny", []), "reefmap.cluster.nanny"]
-    if isinstance(kw.get("silence_logs"), str):  # the worker side wants a level number
-        import logging
-
-        level = getattr(logging, kw["silence_logs"].upper(), None)
-        if not isinstance(level, int):
-            raise InvalidParameter(f"profile {prof.name}: silence_logs {kw['silence_logs']!r} is not a logging level "
-                                   f"name (DEBUG, INFO, WARNING, ERROR, CRITICAL)")  # fmt: skip
-        kw["silence_logs"] = level
-    if jobs is not None:
-        kw["n_workers"] = jobs
-    if adapt is not None:
-        kw["n_workers"] = adapt[0]
-    try:
-        cluster = LocalCluster(**kw)
-    except TypeError as e:
-        raise InvalidParameter(f"profile {prof.name}: LocalCluster rejects the options {sorted(kw)}: {e}") from None
-    client = Client(cluster)
-    try:
-        if adapt is not None:
-            cluster.adapt(minimum=adapt[0], maximum=adapt[1])
-        n = adapt[0] if adapt is not None else kw.get("n_workers")
-        print(f"reefmap: cluster '{prof.name}' (LocalCluster, {len(cluster.workers)} workers); "
-              f"dashboard: {cluster.dashboard_link}", flush=True)  # fmt: skip
-        if wait and n:
-            client.wait_for_workers(n, timeout=timeout)
-    except BaseException:
-        client.close()
-        cluster.close()
-        raise
     return client
 
 

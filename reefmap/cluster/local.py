@@ -1,23 +1,59 @@
-"""The embedded default: a LocalCluster of single-threaded worker processes (one model per process)."""
+"""The one LocalCluster recipe (the ``local`` profile's), and the scheduler's list of connected workers."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
+from typing import Any
+
+from reefmap.errors import InvalidParameter
 
 
-@contextlib.contextmanager
-def local_client(workers: int | None = None, threads_per_worker: int = 1):
-    """A LocalCluster of ``workers`` processes and its Client, closed on exit. Worker logs are silenced below
-    CRITICAL (a heartbeat racing the shutdown logs a traceback); tile errors are recorded in the map itself."""
+def start_local(name: str, options: dict[str, Any], jobs: int | None = None, adapt: tuple[int, int] | None = None,
+                wait: bool = True, timeout: float = 300):
+    """A LocalCluster from a local profile's merged ``options`` (LocalCluster keywords) and a Client on it.
+
+    With worker processes (the default): reefmap's numba kernels are compiled (or loaded from numba's on-disk cache)
+    here once before the workers start, so that they load the cached code instead of each compiling it at once;
+    and the nannies preload ``reefmap.cluster.nanny`` (glibc's malloc stays adaptive in the workers).
+    ``silence_logs`` may be a level name. ``jobs`` workers (or ``adapt`` between min and max) win over
+    ``n_workers``; with ``wait``, returns once they are connected (at most ``timeout`` seconds).
+    """
     from distributed import Client, LocalCluster
 
-    n = workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
-    with LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=":0", silence_logs=logging.CRITICAL,
-                      preload_nanny=["reefmap.cluster.nanny"]) as cluster, Client(cluster) as client:
-        yield client
+    kw = dict(options)
+    if kw.get("processes", True):
+        from reefmap.compute.kernels import compile_all
+
+        compile_all()
+        kw["preload_nanny"] = [*kw.get("preload_nanny", []), "reefmap.cluster.nanny"]
+    if isinstance(kw.get("silence_logs"), str):  # the worker side wants a level number
+        level = getattr(logging, kw["silence_logs"].upper(), None)
+        if not isinstance(level, int):
+            raise InvalidParameter(f"profile {name}: silence_logs {kw['silence_logs']!r} is not a logging level "
+                                   f"name (DEBUG, INFO, WARNING, ERROR, CRITICAL)")  # fmt: skip
+        kw["silence_logs"] = level
+    if jobs is not None:
+        kw["n_workers"] = jobs
+    if adapt is not None:
+        kw["n_workers"] = adapt[0]
+    try:
+        cluster = LocalCluster(**kw)
+    except TypeError as e:
+        raise InvalidParameter(f"profile {name}: LocalCluster rejects the options {sorted(kw)}: {e}") from None
+    client = Client(cluster)
+    try:
+        if adapt is not None:
+            cluster.adapt(minimum=adapt[0], maximum=adapt[1])
+        n = adapt[0] if adapt is not None else kw.get("n_workers")
+        print(f"reefmap: cluster '{name}' (LocalCluster, {len(cluster.workers)} workers); "
+              f"dashboard: {cluster.dashboard_link}", flush=True)  # fmt: skip
+        if wait and n:
+            client.wait_for_workers(n, timeout=timeout)
+    except BaseException:
+        client.close()
+        cluster.close()
+        raise
+    return client
 
 
 def connected_workers(client) -> dict:

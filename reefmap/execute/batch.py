@@ -4,14 +4,15 @@
 ``run_batch(cfg, stop=...)`` is one batch job::
 
     plan_global → open the mosaic (real, or the lazy synthetic world over the grid) → prepare (create/open the
-    store, record the plan) → launch the cluster profile → rounds of execute() over random blocks of the
-    tiles that are still unfinished *in the store* → a summary JSON.
+    store, record the plan) → open the executor (the config's cluster profile) → the tiles still unfinished *in the
+    store*, block after block, through the one bounded-submit loop → a summary JSON.
 
-Rounds: each round re-reads the tile states from the store and runs ``execute`` on one block of the remaining
-tiles (``pick_block``: a run of consecutive tiles from a random start, per-job seed). So a job resubmitted
-after a walltime stop continues where the store says, and several jobs on one store at once mostly work on
-different blocks (a tile computed twice is harmless: tile writes are whole chunks with identical bytes). A
-tile that fails in this job is not retried by it (the next job retries it once).
+Blocks (:class:`Blocks`): whenever the loop asks for more tiles and the current block is used up, the tile states
+are read from the store again and the next block is picked among the remaining tiles (``pick_block``: a run of
+consecutive tiles from a random start, per-job seed), while the tiles of the previous block are still computing.
+So a job resubmitted after a walltime stop continues where the store says, and several jobs on one store at once
+mostly work on different blocks (a tile computed twice is harmless: tile writes are whole chunks with identical
+bytes). A tile this job submitted is not submitted again by it (a failed one is retried by the next job).
 
 Stopping: ``install_stop_signals(stop)`` makes SIGUSR1 (sbatch ``--signal=B:USR1@120``), SIGTERM and SIGINT set
 ``stop``: nothing new is submitted, tiles in flight finish and are recorded, the summary says ``stopped``. A
@@ -23,11 +24,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import math
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,8 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from reefmap.cluster.local import connected_workers
-from reefmap.errors import AbandonRun, InvalidParameter, ReefmapError
+from reefmap.errors import AbandonRun, InvalidParameter
 from reefmap.geometry.grid import TileGrid
 from reefmap.config import GlobalRunConfig, describe_grid
 
@@ -47,7 +45,6 @@ EXIT_COMPLETE = 0  #: every planned tile is finished (done or skipped)
 EXIT_FAILURES = 1  #: nothing left to try in this job, but some tiles failed (recorded in the store)
 EXIT_USAGE = 2  #: a configuration/user error (nothing was computed)
 EXIT_STOPPED = 3  #: stopped by a signal with work left: resubmit the same job to continue
-INPROCESS = ("inprocess", "none")  #: cluster profiles meaning "no dask cluster: a thread in this process"
 
 
 # -- planning -------------------------------------------------------------------------------------------------
@@ -92,6 +89,39 @@ def plan_global(cfg: GlobalRunConfig) -> GlobalPlan:
     return GlobalPlan(grid, sel, in_region, info, time.perf_counter() - t0)
 
 
+def plan_report(cfg: GlobalRunConfig) -> dict:
+    """What ``reefmap plan`` shows: ``plan_global(cfg)`` as JSON, with the config's region and output store."""
+    gp = plan_global(cfg)
+    return {"config": cfg.source, **gp.to_json(), "region": None if cfg.region is None else list(cfg.region),
+            "out": cfg.out, "computed": False}
+
+
+def format_plan(d: dict) -> str:
+    g = d["grid"]
+    kind = f" ({g['kind']} zoom {g['zoom']})" if g.get("kind") else ""
+    lon0, lat0, lon1, lat1 = g["lonlat_bounds"]
+    lines = [
+        f"config   {d['config']}",
+        f"grid     {g['crs']}{kind} · pixel {g['pixel_size']:.4f} · tile {g['tile_px']} px ({g['tile_size']:.1f} CRS units)"
+        f" · {g['tiles_wide']} x {g['tiles_tall']} tiles ({g['pixels_wide']} x {g['pixels_tall']} px)",
+        f"extent   lon {lon0:.3f} .. {lon1:.3f}, lat {lat0:.3f} .. {lat1:.3f}",
+        f"tiles    {d['tiles_total']} in the grid"
+        + (f" · {d['tiles_in_region']} in region {d['region']}" if d.get("region") else ""),
+    ]
+    m = d.get("mask")
+    pct = 100.0 * d["tiles_planned"] / d["tiles_total"] if d["tiles_total"] else 0.0
+    if m:
+        what = f"vector, {m['features']} features, buffer {m['buffer_km']:g} km" if m["kind"] == "vector" else "raster"
+        lines.append(f"mask     {m['source']} ({what}, {m['crs']})")
+    else:
+        lines.append("mask     none (every tile of the grid/region is planned)")
+    lines.append(f"planned  {d['tiles_planned']} tiles ({pct:.3f}% of the grid)")
+    if d["tiles_planned"] == 0:
+        lines.append("warning  no tile survives: check mask:, mask_crs: and region:")
+    lines.append(f"took     {d['seconds']:.2f}s (nothing computed; output would go to {d['out']})")
+    return "\n".join(lines)
+
+
 def open_global_mosaic(cfg: GlobalRunConfig):
     """The run's mosaic as a ``Reader`` on ``cfg.grid``: the synthetic world, or a real mosaic that must be on
     exactly that grid (the store is written on the config's grid).
@@ -123,80 +153,6 @@ def open_global_mosaic(cfg: GlobalRunConfig):
             "(e.g. the basemap quads as one Zarr) or change grid: to the mosaic's"
         )
     return reader
-
-
-# -- progress -------------------------------------------------------------------------------------------------
-class RunProgress:
-    """Counts this job's tile outcomes; logs tiles/s, Mpx/s, store-wide progress and ETA every ``every_s``."""
-
-    def __init__(self, planned: int, finished: int, *, every_s: float = 60.0, job: str = "", logger=None,
-                 clock: Callable[[], float] = time.perf_counter):
-        self.planned, self.every_s, self.job = planned, every_s, job
-        self.log = logger or log
-        self.clock = clock
-        self.t0 = self._last = clock()
-        self.counts = {"done": 0, "skipped": 0, "failed": 0}
-        self.pixels = 0
-        self.store_finished = finished  # planned tiles finished in the store at the last read (any job)
-        self._since_read = 0
-        self._store_t0, self._store_f0 = self.t0, finished
-        self._store_rate = 0.0
-
-    @property
-    def n(self) -> int:
-        return sum(self.counts.values())
-
-    def on_outcome(self, o) -> None:
-        from reefmap.store.format import TileState
-
-        key = "done" if o.state == TileState.DONE else "failed" if o.state == TileState.FAILED else "skipped"
-        self.counts[key] += 1
-        self.pixels += int(o.pixels)
-        if key != "failed":
-            self._since_read += 1
-        now = self.clock()
-        if now - self._last >= self.every_s:
-            self._last = now
-            self.log.info(self.line())
-
-    def start(self) -> None:
-        """Start the clock for the rates (call when the first tile is submitted, after the cluster is up)."""
-        self.t0 = self._last = self._store_t0 = self.clock()
-
-    def store_update(self, finished: int) -> None:
-        """A fresh count of the plan's finished tiles, read from the store (all jobs together)."""
-        now = self.clock()
-        if now > self._store_t0 and finished > self._store_f0:
-            self._store_rate = (finished - self._store_f0) / (now - self._store_t0)
-        self.store_finished, self._since_read = finished, 0
-
-    def rates(self) -> tuple[float, float]:
-        el = max(self.clock() - self.t0, 1e-9)
-        return self.n / el, self.pixels / el / 1e6
-
-    def eta_s(self) -> float:
-        left = max(0, self.planned - self.store_finished - self._since_read)
-        rate = max(self._store_rate, self.rates()[0])
-        return left / rate if rate > 0 else float("nan")
-
-    def line(self) -> str:
-        tps, mps = self.rates()
-        fin = min(self.planned, self.store_finished + self._since_read)
-        pct = 100.0 * fin / self.planned if self.planned else 100.0
-        return (f"{self.job}: {self.n} tiles this job (done {self.counts['done']}, skipped {self.counts['skipped']}, "
-                f"failed {self.counts['failed']}) · {tps:.2f} tiles/s · {mps:.2f} Mpx/s · store {fin}/{self.planned} "
-                f"finished ({pct:.1f}%) · ETA {_fmt_s(self.eta_s())}")
-
-
-def _fmt_s(s: float) -> str:
-    if not math.isfinite(s):
-        return "?"
-    s = int(round(s))
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
 # -- stopping -------------------------------------------------------------------------------------------------
@@ -253,7 +209,7 @@ class BatchSummary:
     skipped: int = 0
     failed: int = 0
     megapixels: float = 0.0
-    rounds: int = 0
+    rounds: int = 0  #: blocks of tiles picked (the store was read before each)
     remaining: int = 0  #: planned tiles not finished in the store at the end (all jobs)
     failed_in_store: int = 0
     compute_seconds: float = 0.0  #: from the first submitted tile to the last (no planning, no cluster start-up)
@@ -289,6 +245,21 @@ class BatchSummary:
         if self.stopped:
             return EXIT_STOPPED
         return EXIT_FAILURES
+
+    def finish(self, progress, states: np.ndarray, selection: np.ndarray, stop_set: bool, t_start: float) -> None:
+        """Fill in this job's counts (from its outcome counter, a ``RunProgress``; None when the job ended before
+        counting) and where the store stands (``states``, just read, of the ``selection`` planned)."""
+        from reefmap.store.format import FINISHED_STATES, TileState
+
+        if progress is not None:  # counted per outcome, so tiles of an abandoned stream are included
+            self.computed, self.megapixels = progress.n, progress.pixels / 1e6
+            self.done, self.skipped, self.failed = (progress.counts[k] for k in ("done", "skipped", "failed"))
+            self.failures = {f"{iy},{ix}": err for (iy, ix), err in list(progress.failures.items())[:50]}
+        self.remaining = int((selection & ~np.isin(states, FINISHED_STATES)).sum())
+        self.failed_in_store = int((selection & (states == TileState.FAILED)).sum())
+        self.stopped = bool(stop_set or self.abandoned) and self.remaining > 0
+        self.seconds = time.perf_counter() - t_start
+        self.ended = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -342,11 +313,15 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
               on_outcome: Callable | None = None) -> BatchSummary:
     """One batch job of a global run (see the module docstring). Resumable, safe to run several at once.
 
-    ``client``: a ``distributed.Client`` to use (not closed here); None launches ``cfg``'s cluster profile (and
-    shuts it down at the end); profile ``inprocess`` (or ``client="inprocess"``) computes in a thread here.
+    ``client`` (the same meaning as in ``run``, see :func:`~reefmap.execute.executors.open_executor`): None
+    launches ``cfg``'s cluster profile (``cluster: {profile:, jobs:}``, default ``local``) and shuts it down at the
+    end; ``"inprocess"`` (as a profile too) computes in a thread here; a profile name, a scheduler address or a
+    ``distributed.Client`` is used instead of the config's profile.
     """
-    from reefmap.planning.plan import Plan
-    from reefmap.execute.runner import execute, prepare
+    from reefmap.execute.executors import InProcess, open_executor
+    from reefmap.execute.loop import chain, submit_bounded
+    from reefmap.execute.progress import RunProgress
+    from reefmap.execute.runner import prepare
     from reefmap.store.format import FINISHED_STATES
 
     lg = logger or log
@@ -368,108 +343,103 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
     plan, tjob, store = prepare(mosaic, cfg.model, cfg.out, tile=gplan.grid.tile, halo=cfg.halo, screen=cfg.screen,
                                 tile_mask=gplan.selection)
     summary.store = store.url
-    sel = plan.selection
-    n_planned = plan.count
-    max_in_flight = cfg.max_in_flight
-    own_client = False
-    abandoned = False
     progress = None
-    rng = np.random.default_rng(order_seed)
-    failed_here = np.zeros(sel.shape, bool)
+
+    def finish():  # this job's counts and where the store stands, into the summary; logged and written
+        if progress is not None:
+            lg.info(progress.line())
+        summary.finish(progress, store.states(), plan.selection, stop.is_set(), t_start)
+        report(summary, cfg, lg, write_summary)
+
     try:
         states = store.states()
-        finished = np.isin(states, FINISHED_STATES) & sel
-        summary.finished_before = int(finished.sum())
-        progress = RunProgress(n_planned, summary.finished_before, every_s=cfg.log_every_s, job=job, logger=lg)
-        lg.info(f"{job}: store {store.url}: {summary.finished_before}/{n_planned} planned tiles already finished")
-        todo = sel & ~finished
-        if isinstance(client, str):
-            if client not in INPROCESS:
-                raise InvalidParameter(f"client {client!r} is not a distributed.Client; pass one, None (launch the "
-                                       f"config's cluster profile) or 'inprocess'")
-            client = None
-        elif client is None and todo.any() and not stop.is_set():
-            client, own_client = _launch(cfg, lg)
-        n_workers = 1 if client is None else max(1, len(connected_workers(client)))
-        limit = max_in_flight or (2 if client is None else max(4, 2 * n_workers))
-        block = cfg.block or max(64, 16 * limit)
-        progress.start()
-        t_compute = time.perf_counter()
-        while todo.any() and not stop.is_set():
-            tiles = np.argwhere(todo)
-            part = pick_block(tiles, block, limit, rng)
-            bsel = np.zeros(sel.shape, bool)
-            bsel[part[:, 0], part[:, 1]] = True
+        summary.finished_before = int((np.isin(states, FINISHED_STATES) & plan.selection).sum())
+        progress = RunProgress(plan.count, summary.finished_before, every_s=cfg.log_every_s, job=job, logger=lg)
+        lg.info(f"{job}: store {store.url}: {summary.finished_before}/{plan.count} planned tiles already finished")
+        work = summary.finished_before < plan.count and not stop.is_set()  # else no cluster is launched
+        executor_cm = open_executor(client, profile=cfg.cluster_profile, jobs=cfg.cluster_jobs, logger=lg) if work \
+            else InProcess()
+        with executor_cm as executor:
+            limit = executor.depth(cfg.max_in_flight)
+            blocks = Blocks(store, plan.selection, block=cfg.block or max(64, 16 * limit), in_flight=limit,
+                            batch=cfg.batch, rng=np.random.default_rng(order_seed), progress=progress, states=states)
+            progress.start()
+            t_compute = time.perf_counter()
             try:
-                res = execute(Plan(plan.grid, plan.halo, bsel), tjob, store, client=client, batch=cfg.batch,
-                              max_in_flight=limit, progress=False, stop=stop, states=states,
-                              on_outcome=_chain(progress.on_outcome, on_outcome))
+                submit_bounded(blocks, plan, tjob, executor, limit=limit, stop=stop,
+                               on_outcome=chain(progress.on_outcome, on_outcome))
             except Exception as e:
                 if not stop.is_set():
                     raise
                 # stopping at walltime: SLURM may already be killing the workers; what was in flight is redone later
                 lg.warning(f"{job}: tiles in flight were lost while stopping ({type(e).__name__}: {e}); the next "
                            "run redoes them")
-                abandoned = True
-                break
-            summary.rounds += 1
-            for (iy, ix), err in res.failures.items():
-                failed_here[iy, ix] = True
-                if len(summary.failures) < 50:
-                    summary.failures[f"{iy},{ix}"] = err
-            states = store.states()
-            finished = np.isin(states, FINISHED_STATES) & sel
-            progress.store_update(int(finished.sum()))
-            todo = sel & ~finished & ~failed_here
-            if lg.isEnabledFor(logging.DEBUG):
-                lg.debug(progress.line())
-        summary.compute_seconds = time.perf_counter() - t_compute
+                summary.abandoned = True
+            summary.rounds = blocks.rounds
+            summary.compute_seconds = time.perf_counter() - t_compute
     except AbandonRun:
-        abandoned = True
+        summary.abandoned = True
         lg.warning(f"{job}: abandoned the tiles in flight; they stay pending and the next run redoes them")
     except Exception as e:
         summary.error = f"{type(e).__name__}: {e}"
         lg.error(f"{job}: run failed: {summary.error}")
+        try:  # never hide the original error
+            finish()
+        except Exception as e2:
+            lg.error(f"{job}: could not finish the summary: {type(e2).__name__}: {e2}")
         raise
-    finally:
-        if own_client and client is not None:
-            _close(client, cfg, lg)
-        if summary.error:
-            try:
-                _finish(summary, store, sel, stop, abandoned, t_start, progress, cfg, job, lg, write_summary)
-            except Exception as e2:  # never hide the original error
-                lg.error(f"{job}: could not finish the summary: {type(e2).__name__}: {e2}")
-    return _finish(summary, store, sel, stop, abandoned, t_start, progress, cfg, job, lg, write_summary)
+    finish()
+    return summary
 
 
-def _finish(summary, store, sel, stop, abandoned, t_start, progress, cfg, job, lg, write_summary) -> BatchSummary:
-    from reefmap.store.format import FINISHED_STATES, TileState
+class Blocks:
+    """The tile groups of a batch job, block after block (an iterator for the bounded-submit loop).
 
-    if progress is not None:  # counted per outcome, so tiles of an abandoned round are included
-        summary.computed, summary.megapixels = progress.n, progress.pixels / 1e6
-        summary.done, summary.skipped, summary.failed = (progress.counts[k] for k in ("done", "skipped", "failed"))
-    states = store.states()
-    summary.remaining = int((sel & ~np.isin(states, FINISHED_STATES)).sum())
-    summary.failed_in_store = int((sel & (states == TileState.FAILED)).sum())
-    summary.stopped = bool(stop.is_set() or abandoned) and summary.remaining > 0
-    summary.abandoned = abandoned
-    summary.seconds = time.perf_counter() - t_start
-    summary.ended = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    if progress is not None:
-        lg.info(progress.line())
+    When a block is used up (and the loop asks for more), the store's tile states are read again (the counts go to
+    ``progress.store_update``) and the next block is picked among the selected tiles that are neither finished in
+    the store nor submitted by this job before; ``rounds`` counts the blocks. ``states``: the states just read.
+    """
+
+    def __init__(self, store, selection: np.ndarray, *, block: int, in_flight: int, batch: int, rng, progress,
+                 states: np.ndarray | None = None):
+        self.store, self.selection, self.block, self.in_flight = store, selection, block, in_flight
+        self.batch, self.rng, self.progress, self.states = max(1, batch), rng, progress, states
+        self.submitted = np.zeros(selection.shape, bool)
+        self.rounds = 0
+
+    def __iter__(self):
+        from reefmap.store.format import FINISHED_STATES
+
+        while True:
+            states = self.store.states() if self.states is None else self.states
+            self.states = None
+            finished = np.isin(states, FINISHED_STATES) & self.selection
+            if self.rounds:
+                self.progress.store_update(int(finished.sum()))
+            todo = self.selection & ~finished & ~self.submitted
+            if not todo.any():
+                return
+            part = pick_block(np.argwhere(todo), self.block, self.in_flight, self.rng)
+            self.submitted[part[:, 0], part[:, 1]] = True
+            self.rounds += 1
+            for i in range(0, len(part), self.batch):
+                yield part[i:i + self.batch]
+
+
+def report(summary: BatchSummary, cfg: GlobalRunConfig, lg, write_summary: bool = True) -> None:
+    """Log the summary, and write it as JSON (``summary_path``) when ``write_summary``."""
     if write_summary:
-        path = summary_path(cfg, job)
+        path = summary_path(cfg, summary.job)
         summary.summary_path = path
         try:
             _write_json(path, summary.to_json())
         except OSError as e:  # the run's work is in the store; a summary that cannot be written is not fatal
-            lg.error(f"{job}: could not write the summary {path}: {e}")
+            lg.error(f"{summary.job}: could not write the summary {path}: {e}")
     lg.info(str(summary))
-    return summary
 
 
 def pick_block(tiles: np.ndarray, block: int, in_flight: int, rng) -> np.ndarray:
-    """The next round's tiles: a run of consecutive remaining tiles (row-major, so neighbours share reads)
+    """The next block of tiles: a run of consecutive remaining tiles (row-major, so neighbours share reads)
     starting at a random one, wrapping. Its length shrinks with what is left (a sixteenth of it, at least two
     rounds of tiles in flight, at most ``block``), so concurrent jobs — which cannot see each other's tiles in
     flight — rarely pick the same tiles, and near the end duplicate at most a few."""
@@ -479,89 +449,12 @@ def pick_block(tiles: np.ndarray, block: int, in_flight: int, rng) -> np.ndarray
     return tiles[(start + np.arange(size)) % n]
 
 
-def _chain(*fns):
-    fns = [f for f in fns if f is not None]
-
-    def call(o):
-        for f in fns:
-            f(o)
-
-    return call
-
-
-def _launch(cfg: GlobalRunConfig, lg):
-    if cfg.cluster_profile in INPROCESS:
-        lg.info("cluster profile inprocess: computing in this process (no dask cluster)")
-        return None, False
-    from reefmap.cluster.launcher import _is_address, launch
-
-    lg.info(f"launching cluster profile {cfg.cluster_profile!r}" + (f" with {cfg.cluster_jobs} jobs" if cfg.cluster_jobs else ""))
-    if _is_address(cfg.cluster_profile):
-        return launch(cfg.cluster_profile), False  # a shared scheduler: connect, never shut it down
-    return launch(cfg.cluster_profile, cfg.cluster_jobs), True
-
-
-def _close(client, cfg, lg) -> None:
+def run_job(cfg: GlobalRunConfig, *, order_seed: int | None = None, logger=None) -> BatchSummary:
+    """``run_batch`` as a batch job runs it: with the stop signals installed (``install_stop_signals``; call it from
+    the main thread) for the length of the run. A second signal raises ``AbandonRun`` out of here."""
+    stop = threading.Event()
+    restore = install_stop_signals(stop, logger=logger)
     try:
-        client.shutdown()  # stops the cluster this job launched (and cancels its SLURM jobs)
-    except Exception as e:  # a cluster that is already gone
-        lg.debug(f"closing the cluster: {type(e).__name__}: {e}")
-        try:
-            client.close()
-        except Exception:
-            pass
-
-
-# -- the command line of pipelines/global_run.py ------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    """``python pipelines/global_run.py CONFIG [--mask M] [--out S] [--profile P] [--jobs N] ...``"""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="global_run", description="One batch job of a global reefmap run (resumable; "
-                                "SIGUSR1/SIGTERM stop it cleanly; exit 0 complete, 3 stopped with work left, 1 failures)")
-    p.add_argument("config", help="global-run YAML (e.g. pipelines/configs/global-l15.yaml)")
-    p.add_argument("--mask", help="candidate mask file (overrides the config and $REEFMAP_MASK); 'none' for no mask")
-    p.add_argument("--out", help="output store (overrides out:)")
-    p.add_argument("--model", help="model bundle directory (overrides model:)")
-    p.add_argument("--profile", help="cluster profile (overrides cluster.profile): local, slurm-gpu, ..., "
-                   "a scheduler address, or inprocess")
-    p.add_argument("--jobs", type=int, help="cluster jobs/workers (overrides cluster.jobs)")
-    p.add_argument("--max-in-flight", type=int, help="tiles in flight at once (overrides max_in_flight:)")
-    p.add_argument("--summary", help="summary JSON path (overrides summary:; {job} = the job tag)")
-    p.add_argument("--order-seed", type=int, help="seed of the block order (default: random per job)")
-    p.add_argument("--log-every", type=float, help="seconds between progress lines (overrides log_every_s:)")
-    p.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
-    a = p.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if a.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
-    if not a.debug:  # dask's own INFO chatter (scheduler/nanny start-up) drowns the progress lines
-        for name in ("distributed", "dask"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        cfg = GlobalRunConfig.from_yaml(a.config, mask=a.mask, out=_abs(a.out), model=_abs(a.model), cluster_profile=a.profile,
-                                        cluster_jobs=a.jobs, max_in_flight=a.max_in_flight, summary=_abs(a.summary),
-                                        log_every_s=a.log_every)
-        stop = threading.Event()
-        restore = install_stop_signals(stop)
-        try:
-            s = run_batch(cfg, stop=stop, order_seed=a.order_seed)
-        finally:
-            restore()
-    except AbandonRun:
-        return EXIT_STOPPED
-    except ReefmapError as e:
-        if a.debug:
-            raise
-        print(f"global_run: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    print(json.dumps({"summary": s.summary_path, "exit_code": s.exit_code, "complete": s.complete,
-                      "stopped": s.stopped, "computed": s.computed, "remaining": s.remaining}), flush=True)
-    if s.stopped:
-        log.warning(f"stopped with {s.remaining} tiles left: resubmit the same job to continue")
-    return s.exit_code
-
-
-def _abs(p: str | None) -> str | None:
-    if p is None or "://" in p:
-        return p
-    return os.path.abspath(p)
+        return run_batch(cfg, stop=stop, order_seed=order_seed, logger=logger)
+    finally:
+        restore()

@@ -2,24 +2,25 @@
 
 ``run(mosaic, model, out)`` is the whole job on one line; each step is a library call of its own:
 ``read_bundle`` (no torch) → ``plan_tiles`` → ``MapStore.create_or_open`` (refuses a store made by another
-model/grid) → ``execute`` (submits small independent per-tile tasks, never more than ``max_in_flight`` at
-once, to a dask client or an in-process thread pool) → a ``RunSummary``.
+model/grid) → ``open_executor`` (the cluster, or a thread here) → ``execute`` (small independent per-tile tasks
+through the one bounded-submit loop, ``reefmap.execute.loop``) → a ``RunSummary``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from reefmap.cluster.local import connected_workers
-from reefmap.errors import BandMismatch, InvalidParameter, ReefmapError, TileFailures
-from reefmap.compute.tiles import TileJob, TileOutcome, predict_tiles, read_tiles, run_tiles, write_tiles
+from reefmap.compute.tiles import TileJob
+from reefmap.config import RunConfig
+from reefmap.errors import BandMismatch, InvalidParameter, TileFailures
+from reefmap.execute.executors import Distributed, InProcess, open_executor
+from reefmap.execute.loop import chain, submit_bounded
+from reefmap.execute.progress import RunProgress
 from reefmap.planning.plan import Plan, plan_tiles
-from reefmap.store.status import ProgressBar
 from reefmap.store.format import FINISHED_STATES, TileState
 from reefmap.store.mapstore import MapStore, code_version
 
@@ -47,6 +48,16 @@ class RunSummary:
         d["failures"] = {f"{k[0]},{k[1]}": v for k, v in self.failures.items()}
         d["mpx_per_s"] = round(self.mpx_per_s, 3)
         return d
+
+    def raise_for_failures(self) -> None:
+        """Raise ``TileFailures`` naming the first failed tiles and their reasons, if any tile failed."""
+        if not self.failed:
+            return
+        listed = "; ".join(f"tile {k}: {v}" for k, v in list(self.failures.items())[:5])
+        more = f" (and {self.failed - 5} more)" if self.failed > 5 else ""
+        raise TileFailures(
+            f"{self.failed} tile(s) failed of {self.computed} computed ({listed}{more}); the others are written. "
+            f"Fix the input and re-run the same command: only unfinished tiles are computed", self.failures)
 
     def __str__(self) -> str:
         return (f"{self.store}: {self.planned} tiles planned, {self.already_finished} already finished; "
@@ -96,162 +107,78 @@ def _bbox_list(bbox):
     return bbox if isinstance(bbox, BBox) else BBox.parse(bbox)
 
 
-def execute(plan: Plan, job: TileJob, store: MapStore, *, client=None, batch: int = 1, max_in_flight: int | None = None,
-            progress: bool = True, retry_failed: bool = True, stop=None, on_outcome=None,
-            states: np.ndarray | None = None) -> RunSummary:
-    """Compute the plan's unfinished tiles on ``client`` (a distributed Client, or None for an in-process
-    thread pool) and record each tile's state in the store. Finished tiles are never recomputed.
+@dataclass(frozen=True)
+class RunOptions:
+    """How a plan is executed (not what is computed)."""
 
-    Tiles stream to the client: at most ``max_in_flight`` tasks exist at once, so a plan of any size never
-    becomes one big graph. ``stop`` (a ``threading.Event``) ends the run early and cleanly: nothing new is
-    submitted, tiles in flight finish (their writes are idempotent, so an abandoned one is simply redone by
-    the next run), and the summary says ``stopped``. ``on_outcome`` is called with each ``TileOutcome``.
-    ``states``: the store's tile states when the caller has just read them (else they are read here).
+    batch: int = 1  #: tiles per task
+    max_in_flight: int | None = None  #: tasks in flight at once; None: the executor's depth (``depth()``)
+    progress: bool = True  #: a progress bar on stderr
+    retry_failed: bool = True  #: compute again the tiles that failed in an earlier run
+
+
+def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Distributed | None = None,
+            options: RunOptions = RunOptions(), *, stop=None, on_outcome=None,
+            states: np.ndarray | None = None) -> RunSummary:
+    """Compute the plan's unfinished tiles on ``executor`` (:mod:`reefmap.execute.executors`; None: a thread of this
+    process) and record each tile's state in the store. Finished tiles are never recomputed.
+
+    The tiles stream through :func:`~reefmap.execute.loop.submit_bounded` in groups of ``options.batch``:
+    ``stop`` (a ``threading.Event``) ends the run early and cleanly (nothing new is submitted, tiles in flight finish;
+    their writes are idempotent, so an abandoned one is simply redone by the next run) and the summary says
+    ``stopped``. ``on_outcome`` is called with each ``TileOutcome``. ``states``: the store's tile states when the
+    caller has just read them (else they are read here).
     """
+    if executor is None:
+        with InProcess() as ex:
+            return execute(plan, job, store, ex, options, stop=stop, on_outcome=on_outcome, states=states)
     t0 = time.perf_counter()
     states = store.states() if states is None else states
-    finished = np.isin(states, FINISHED_STATES) if retry_failed else (states != TileState.PENDING)
-    todo = plan.remaining(finished)
-    tiles = np.argwhere(todo)
-    n_already = plan.count - len(tiles)
-    groups = [tiles[i:i + batch] for i in range(0, len(tiles), max(1, batch))]
-    bar = ProgressBar(len(tiles), enabled=progress)
-    outcomes: list[TileOutcome] = []
-
-    def record(o: TileOutcome) -> None:
-        outcomes.append(o)
-        bar.update(o.state, o.pixels)
-        if on_outcome is not None:
-            on_outcome(o)
-
-    def submit_all(submit, wait_one, limit):
-        pending: dict = {}  # future -> its tile indices
-        it = iter(groups)
-
-        def top_up():
-            while len(pending) < limit and not (stop is not None and stop.is_set()):
-                g = next(it, None)
-                if g is None:
-                    return
-                pending[submit(g)] = g
-
-        top_up()
-        while pending:
-            fut = wait_one(set(pending))
-            g = pending.pop(fut)
-            try:
-                results = fut.result()
-            except ReefmapError:  # a configuration error (e.g. band mismatch): every tile would fail alike
-                for f in pending:
-                    f.cancel()
-                raise
-            except Exception as e:  # the task itself was lost (worker killed, cancelled): its tiles failed
-                msg = f"task lost: {type(e).__name__}: {e}"
-                results = []
-                for t in g:
-                    store.mark(t, TileState.FAILED, msg)
-                    results.append(TileOutcome((int(t[0]), int(t[1])), int(TileState.FAILED), 0, 0.0, msg))
-            for o in results:
-                record(o)
-            top_up()
-
-    if client is None:
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-        with ThreadPoolExecutor(1) as pool:
-            def wait_one(pending):
-                return next(iter(wait(pending, return_when=FIRST_COMPLETED).done))
-
-            submit_all(lambda g: pool.submit(run_tiles, job, [plan.task(t) for t in g]), wait_one, max_in_flight or 2)
-    else:
-        from distributed import wait
-
-        workers = connected_workers(client)
-        gpu = _GpuPinning(client, workers)
-        n_workers = max(1, len(workers))
-        # GPU workers take more groups at once: the next ones read while one predicts and others write
-        limit = max_in_flight or max(4, (4 if gpu.pinned else 2) * n_workers)
-        token = plan.token
-
-        def submit(g):
-            key = f"reefmap-tile-{token}-{int(g[0][0])}-{int(g[0][1])}"
-            tasks = [plan.task(t) for t in g]
-            resources = gpu.resources()
-            if resources is None:
-                return client.submit(run_tiles, job, tasks, key=key, pure=False)
-            # GPU workers: only the model step holds the GPU; reads and writes run on the worker's other
-            # threads meanwhile (the scheduler keeps the three steps on one worker: the data is there)
-            read = client.submit(read_tiles, job, tasks, key=key + "-read", pure=False)
-            pred = client.submit(predict_tiles, job, read, key=key + "-predict", pure=False, resources=resources)
-            return client.submit(write_tiles, job, pred, key=key, pure=False)
-
-        def wait_one(pending):
-            return next(iter(wait(pending, return_when="FIRST_COMPLETED").done))
-
-        submit_all(submit, wait_one, limit)
-    bar.close()
-    seconds = time.perf_counter() - t0
-    failures = {o.index: o.error for o in outcomes if o.state == TileState.FAILED}
+    finished = np.isin(states, FINISHED_STATES) if options.retry_failed else (states != TileState.PENDING)
+    tiles = np.argwhere(plan.remaining(finished))
+    progress = RunProgress(plan.count, plan.count - len(tiles), show="bar" if options.progress else None)
+    b = max(1, options.batch)
+    groups = (tiles[i:i + b] for i in range(0, len(tiles), b))
+    submit_bounded(groups, plan, job, executor, limit=executor.depth(options.max_in_flight), stop=stop,
+                   on_outcome=chain(progress.on_outcome, on_outcome))
+    progress.close()
     return RunSummary(
-        store=store.url, planned=plan.count, already_finished=n_already, computed=len(outcomes),
-        done=sum(o.state == TileState.DONE for o in outcomes),
-        skipped=sum(o.state not in (TileState.DONE, TileState.FAILED) for o in outcomes),
-        failed=len(failures), seconds=seconds, megapixels=sum(o.pixels for o in outcomes) / 1e6, failures=failures,
-        stopped=bool(stop is not None and stop.is_set() and len(outcomes) < len(tiles)),
+        store=store.url, planned=plan.count, already_finished=plan.count - len(tiles), computed=progress.n,
+        done=progress.counts["done"], skipped=progress.counts["skipped"], failed=progress.counts["failed"],
+        seconds=time.perf_counter() - t0, megapixels=progress.pixels / 1e6, failures=dict(progress.failures),
+        stopped=bool(stop is not None and stop.is_set() and progress.n < len(tiles)),
     )
 
 
-def _gpu_resources(workers: dict) -> dict | None:
-    """Pin tile tasks to GPU workers when the cluster advertises any (``--resources GPU=1``)."""
-    if any(w.get("resources", {}).get("GPU") for w in workers.values()):
-        return {"GPU": 1}
-    return None
-
-
-class _GpuPinning:
-    """``_gpu_resources``, re-asked at most every ``every`` seconds until a GPU worker shows up, then kept:
-    an adaptive cluster may start with no workers, and its GPU workers join while the run is going."""
-
-    def __init__(self, client, workers: dict, every: float = 5.0):
-        self.client, self.every = client, every
-        self.pinned = _gpu_resources(workers)
-        self.checked = time.monotonic()
-
-    def resources(self) -> dict | None:
-        if self.pinned is None and time.monotonic() - self.checked > self.every:
-            self.pinned, self.checked = _gpu_resources(connected_workers(self.client)), time.monotonic()
-        return self.pinned
-
-
 def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: int = 1024, halo: int | None = None,
-        screen: bool = True, client: Any = "local", workers: int | None = None, batch: int = 1,
+        screen: bool = True, client: Any = None, workers: int | None = None, batch: int = 1,
         max_in_flight: int | None = None, progress: bool = True, storage_options: dict | None = None,
         raise_on_failure: bool = True) -> RunSummary:
     """Map ``mosaic`` with ``model`` into the Zarr store ``out``; resumable and idempotent.
 
-    ``client``: a ``distributed.Client``; ``"local"`` (default) starts a LocalCluster of ``workers`` processes
-    for this call; ``None`` runs in this process. Raises ``TileFailures`` (after finishing every other tile)
-    when some tiles failed; each is recorded in the store with its reason.
+    ``client`` (the same meaning as in ``run_batch``, see :func:`~reefmap.execute.executors.open_executor`):
+    None (default) launches the embedded default profile ``"local"``, a LocalCluster of ``workers`` processes (default
+    one per core), for this call; ``"inprocess"`` computes in a thread of this process (no dask); a profile name or
+    file (``"slurm-gpu"``) is launched for this call with ``workers`` workers (SLURM jobs); a scheduler address is
+    connected to; a ``distributed.Client`` is used as it is. Raises ``TileFailures`` (after finishing every other
+    tile) when some tiles failed; each is recorded in the store with its reason.
     """
     plan, job, store = prepare(mosaic, model, out, bbox=bbox, bbox_crs=bbox_crs, tile=tile, halo=halo, screen=screen,
                                storage_options=storage_options)
-    if client == "local":
-        from reefmap.cluster.local import local_client
-        from reefmap.compute.kernels import compile_all
-
-        compile_all()  # here once, not in every worker at the same time
-        with local_client(workers) as c:
-            summary = execute(plan, job, store, client=c, batch=batch, max_in_flight=max_in_flight, progress=progress)
-    else:
-        summary = execute(plan, job, store, client=client, batch=batch, max_in_flight=max_in_flight, progress=progress)
-    if summary.failed and raise_on_failure:
-        listed = "; ".join(f"tile {k}: {v}" for k, v in list(summary.failures.items())[:5])
-        more = f" (and {summary.failed - 5} more)" if summary.failed > 5 else ""
-        raise TileFailures(
-            f"{summary.failed} of {summary.computed} tiles failed ({listed}{more}); the others are written. "
-            f"Fix the input and re-run the same command: only unfinished tiles are computed", summary.failures)
+    options = RunOptions(batch=batch, max_in_flight=max_in_flight, progress=progress)
+    with open_executor(client, jobs=workers) as executor:
+        summary = execute(plan, job, store, executor, options)
+    if raise_on_failure:
+        summary.raise_for_failures()
     return summary
 
 
-def summary_json(summary: RunSummary) -> str:
-    return json.dumps(summary.to_json(), indent=2)
+def run_config(cfg: RunConfig, *, client: Any = None, progress: bool = True,
+               raise_on_failure: bool = True) -> RunSummary:
+    """:func:`run` as a ``RunConfig`` (``reefmap run`` flags or YAML) says: its mosaic files opened as one mosaic."""
+    from reefmap.sources import open_mosaic
+
+    mosaic = open_mosaic(list(cfg.mosaic) if len(cfg.mosaic) > 1 else cfg.mosaic[0], crs=cfg.crs)
+    return run(mosaic, cfg.model, cfg.out, bbox=cfg.bbox, tile=cfg.tile, halo=cfg.halo, screen=cfg.screen,
+               client=client, workers=cfg.workers, batch=cfg.batch, progress=progress,
+               raise_on_failure=raise_on_failure)

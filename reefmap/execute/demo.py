@@ -6,6 +6,8 @@ from pathlib import Path
 
 
 def run_demo(out: str | Path, *, size: int = 3072, workers: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """Map a ``size`` px synthetic world (``seed``) with the demo bundle on the ``local`` profile (``workers``
+    processes) into ``out/reefmap-demo.zarr`` and draw ``out/reefmap-demo.png``; ``{"summary", "store", "png"}``."""
     from reefmap.execute.runner import run
     from reefmap.products.mapview import open_map
     from reefmap.synthetic.reader import synthetic_mosaic
