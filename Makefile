@@ -24,6 +24,7 @@ demo: $(STAMP)
 # SLURM-marked tests skip (with the reason) when start.sh cannot bring a cluster up (not root, no packages).
 test: $(STAMP)
 	-@bash cluster/local-slurm/start.sh
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

@@ -8,7 +8,6 @@ them as one line). A box whose west edge is negative must be written ``--bbox=W,
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from reefmap.errors import InvalidParameter

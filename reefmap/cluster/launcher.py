@@ -668,21 +668,21 @@ def require_gpu(profile: str = "slurm-gpu", dask_worker: Any = None) -> str:
 
     Meant to run on a worker: ``client.run(require_gpu)`` (``launch`` does it for GPU profiles) or at the start of
     a GPU task, so that a GPU profile without a GPU fails clearly instead of running on the CPU. Imports torch
-    (only here). ``dask_worker`` is filled in by ``client.run``.
+    (through ``reefmap.model.device``). ``dask_worker`` is filled in by ``client.run``.
     """
     where = _worker_label(dask_worker)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
-    try:
-        import torch
-    except ImportError as e:
+    from reefmap.model.device import cuda_status
+
+    st = cuda_status()
+    if st.import_error is not None:
         raise ClusterError(f"profile {profile} expects a GPU on worker {where} but torch cannot be imported there "
-                           f"({e}); activate reefmap's environment in job_script_prologue") from None  # fmt: skip
-    if not torch.cuda.is_available():
+                           f"({st.import_error}); activate reefmap's environment in job_script_prologue")
+    if st.device is None:
         raise ClusterError(
             f"profile {profile} expects a GPU on worker {where} but torch.cuda.is_available() is False "
-            f"(CUDA_VISIBLE_DEVICES={visible}, torch {torch.__version__} built for CUDA {torch.version.cuda}); "
+            f"(CUDA_VISIBLE_DEVICES={visible}, torch {st.torch_version} built for CUDA {st.cuda_version}); "
             f"request a GPU for the jobs (job_extra_directives ['--gres=gpu:1'] and a GPU partition as queue), "
             f"use a CUDA build of torch, or choose profile slurm-cpu to run on CPUs"
         )
-    index = torch.cuda.current_device()
-    return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+    return st.device
