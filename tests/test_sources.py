@@ -818,3 +818,23 @@ def test_reader_cache_is_a_bounded_lru_that_can_be_cleared(monkeypatch):
     clear_reader_cache()
     assert all(open_reader(s) is not r for s, r in zip(specs[:3], first))
     clear_reader_cache()
+
+
+def test_band_labels_are_names_when_the_file_has_them(tmp_path):
+    """Descriptions win, then the colour interpretation (red/green/blue/gray); plain band numbers otherwise."""
+    from rasterio.enums import ColorInterp
+
+    profile = dict(driver="GTiff", width=8, height=8, count=3, dtype="uint8", crs="EPSG:32618",
+                   transform=Affine(30, 0, 500000, 0, -30, 2700000))
+    for name, colours, descriptions, expected in (
+        ("rgb.tif", [ColorInterp.red, ColorInterp.green, ColorInterp.blue], None, ["red", "green", "blue"]),
+        ("described.tif", [ColorInterp.red, ColorInterp.green, ColorInterp.blue], ["B04", "B03", "B02"],
+         ["B04", "B03", "B02"]),
+        ("plain.tif", [ColorInterp.undefined] * 3, None, ["1", "2", "3"]),
+    ):
+        with rasterio.open(tmp_path / name, "w", **profile, photometric="MINISBLACK") as dst:
+            dst.write(np.ones((3, 8, 8), np.uint8))
+            dst.colorinterp = colours
+            for i, d in enumerate(descriptions or [], start=1):
+                dst.set_band_description(i, d)
+        assert list(open_mosaic(str(tmp_path / name)).band.values) == expected, name

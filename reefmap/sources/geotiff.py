@@ -131,7 +131,7 @@ class GeoTIFFMosaicReader(ReaderBase):
         if nd is None and (any(f.alpha for f in files) or any(f.warp for f in files) or len(files) > 1):
             nd = 0
         self.nodata = coerce_nodata(nd, self.dtype) if nd is not None else None
-        desc = f0.descriptions
+        desc = f0.descriptions  # the band descriptions, else colour interpretations (red, green, blue, gray)
         if all(d for d in desc) and len(set(desc)) == len(desc):
             self.band_names = tuple(str(d) for d in desc)
         else:
@@ -404,8 +404,12 @@ def _read_header(path: str, storage_options: dict) -> FileInfo:
         return FileInfo(
             path=path, crs=_canon_crs(src.crs, f"the CRS of {path}"), transform=src.transform,
             shape=Shape(src.height, src.width), indexes=indexes, alpha=alpha, nodata=nodata, dtype=dtype,
-            descriptions=tuple(src.descriptions[i - 1] for i in indexes),
+            descriptions=tuple(src.descriptions[i - 1] or _COLOUR_NAMES.get(src.colorinterp[i - 1].name) for i in indexes),
         )
+
+
+#: band labels from a GeoTIFF's colour interpretation, for bands without a description
+_COLOUR_NAMES = {"red": "red", "green": "green", "blue": "blue", "gray": "gray"}
 
 
 def _scan_headers(paths: Sequence[str], storage_options: dict) -> list[FileInfo]:
