@@ -5,7 +5,7 @@
 - ``inference_threads`` (``$REEFMAP_INFERENCE_THREADS``): torch threads per inference call. Unset: the dask
   worker's thread count, else torch's default.
 - ``coastline`` (``$REEFMAP_COASTLINE``): the Natural Earth land GeoJSON drawn on progress maps. Unset: the
-  shared copy beside the repository.
+  simplified copy shipped in the package (``reefmap/viz/data``).
 - ``profiles`` (``$REEFMAP_PROFILES``): folders (``os.pathsep``-separated) searched for cluster profiles before
   the built-in ones. Unset: none.
 
@@ -81,7 +81,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("inference_threads", "REEFMAP_INFERENCE_THREADS", None,
            "torch threads per inference call (default: the dask worker's threads, else torch's)", _positive_int),
     Option("coastline", "REEFMAP_COASTLINE", None,
-           "Natural Earth land GeoJSON for progress maps (default: the shared copy beside the repository)", _text),
+           "Natural Earth land GeoJSON for progress maps (default: the simplified copy shipped in the package)", _text),
     Option("profiles", "REEFMAP_PROFILES", (),
            f"folders ({os.pathsep!r}-separated) searched for cluster profiles before the built-in ones", _path_list),
 )}

@@ -580,7 +580,7 @@ def test_progress_png_draws_states_legend_and_coastline(tmp_path):
     below = arr[top + mh + 1:]
     for rgb in ((31, 158, 68), (92, 132, 204), (220, 30, 30), (245, 176, 40)):
         assert (below == rgb).all(axis=2).any(), rgb
-    # a coastline overlay (a small island here; by default the shared Natural Earth land layer when present)
+    # a coastline overlay (a small island here)
     island = tmp_path / "island.json"
     island.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": {
         "type": "Polygon", "coordinates": [[[-20, -10], [20, -10], [20, 10], [-20, 10], [-20, -10]]]}}))
@@ -590,6 +590,14 @@ def test_progress_png_draws_states_legend_and_coastline(tmp_path):
     assert info2.pixels_per_tile == 16 and info2.coastline == str(island)
     assert (np.asarray(Image.open(tmp_path / "s.png").convert("RGB")) == (120, 120, 120)).all(axis=2).any()
     assert progress_png(st2, tmp_path / "n.png", coastline=tmp_path / "absent.json").coastline is None
+    # by default: the Natural Earth land shipped inside the package (no path outside it), drawn grey
+    from reefmap.viz.progress_map import DEFAULT_COASTLINE
+
+    import reefmap
+    assert DEFAULT_COASTLINE.is_file() and Path(reefmap.__file__).parent in DEFAULT_COASTLINE.parents
+    info3 = progress_png(st2, tmp_path / "d.png")
+    assert info3.coastline == str(DEFAULT_COASTLINE)
+    assert (np.asarray(Image.open(tmp_path / "d.png").convert("RGB")) == (120, 120, 120)).all(axis=2).any()
 
 
 def test_status_and_map_never_import_torch(tmp_path):

@@ -2,8 +2,8 @@
 
 One pixel (or a few) per tile of the store's tile grid, coloured by state — done, skipped, failed, pending
 (planned, not finished), not planned — with a legend, and optionally Natural Earth land and coastlines
-(from ``../shared/data/natural-earth/ne_10m_land.json`` beside the repository, or ``$REEFMAP_COASTLINE``;
-skipped when absent). Reads only ``tile_status`` and the recorded plans: no pixels, no torch. Drawn by
+(the package's ``viz/data/ne_land_110km.json``, Natural Earth land simplified to 0.1° by
+``pipelines/make_coastline.py``; or ``$REEFMAP_COASTLINE``). Reads only ``tile_status`` and the recorded plans: no pixels, no torch. Drawn by
 ``reefmap.viz.render`` (lon/lat graticule, scale bar, CRS, legend).
 """
 
@@ -22,8 +22,8 @@ from reefmap.store.mapstore import MapStore
 from reefmap.viz.render import LegendItem, MapPanel, render_map
 
 COASTLINE_ENV = "REEFMAP_COASTLINE"
-#: the shared Natural Earth land layer, where developer machines and CI have it
-DEFAULT_COASTLINE = Path(__file__).resolve().parents[3] / "shared" / "data" / "natural-earth" / "ne_10m_land.json"
+#: Natural Earth land (public domain), simplified to 0.1 degrees, shipped with the package
+DEFAULT_COASTLINE = Path(__file__).resolve().parent / "data" / "ne_land_110km.json"
 
 # category → (RGB, legend label); drawn in this order in the legend
 COLOURS: dict[str, tuple[tuple[int, int, int], str]] = {
@@ -77,7 +77,7 @@ def progress_png(store: MapStore | str, path: str | os.PathLike, *, scale: int |
     (``str()`` of the result is the PNG's path).
 
     ``scale``: pixels per tile (default: 1 for grids 2048+ tiles wide, more for smaller ones, up to 16).
-    ``coastline``: True = the shared Natural Earth land layer when present (or ``$REEFMAP_COASTLINE``); a path; or
+    ``coastline``: True = the shipped Natural Earth land layer (or ``$REEFMAP_COASTLINE``); a path; or
     False/None for none.
     """
     store = store if isinstance(store, MapStore) else MapStore.open_readonly(store)
