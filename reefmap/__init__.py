@@ -19,6 +19,7 @@ _LAZY = {
     "stats": "reefmap.products.stats",
     "synthetic_mosaic": "reefmap.synthetic.reader",
     "status": "reefmap.store.status",
+    "clear_caches": "reefmap.caching",
 }
 
 __all__ = ["__version__", *_LAZY]

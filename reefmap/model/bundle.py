@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reefmap.classes import CLASS_NAMES, CLASSES
+from reefmap.caching import LRUCache
 from reefmap.errors import ModelError
 
 BUNDLE_FORMAT = "reefmap-bundle/1"
@@ -74,8 +75,8 @@ def _content_hash(meta_json: dict, weights: bytes) -> str:
     return h.hexdigest()
 
 
-#: resolved bundle path → ((mtime, size) of bundle.json and weights.pt, metadata): re-read when either changes
-_META_CACHE: dict[str, tuple[tuple, BundleMeta]] = {}
+#: (resolved bundle path, (mtime, size) of bundle.json and weights.pt) → metadata: re-read when either changes
+_META_CACHE: "LRUCache[BundleMeta]" = LRUCache("bundle metadata", 32)
 
 
 def read_bundle(bundle: str | os.PathLike | None = None) -> BundleMeta:
@@ -84,9 +85,9 @@ def read_bundle(bundle: str | os.PathLike | None = None) -> BundleMeta:
     key = str(p)
     stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None
                   for f in (p / "bundle.json", p / "weights.pt"))
-    cached = _META_CACHE.get(key)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
+    cached = _META_CACHE.get((key, stamp))
+    if cached is not None:
+        return cached
     try:
         raw = json.loads((p / "bundle.json").read_text())
         weights = (p / "weights.pt").read_bytes()
@@ -111,7 +112,7 @@ def read_bundle(bundle: str | os.PathLike | None = None) -> BundleMeta:
     if unknown:
         raise ModelError(f"model bundle {str(p)!r} has unknown classes {unknown}; known: {list(CLASS_NAMES)}")
     meta = BundleMeta(**{**meta.__dict__, "sha256": digest, "path": str(p)})
-    _META_CACHE[key] = (stamp, meta)
+    _META_CACHE.put((key, stamp), meta)
     return meta
 
 
@@ -124,5 +125,4 @@ def write_bundle(path: str | os.PathLike, weights: bytes, meta: dict) -> BundleM
     (p / "weights.pt").write_bytes(weights)
     doc = {"format": BUNDLE_FORMAT, "meta": meta, "sha256": _content_hash(meta, weights)}
     (p / "bundle.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    _META_CACHE.pop(str(p.resolve()), None)
     return read_bundle(p)

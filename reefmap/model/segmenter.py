@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from reefmap.caching import LRUCache
 from reefmap.errors import ModelError
 from reefmap.options import get_option
 from reefmap.model.bundle import BundleMeta, read_bundle, write_bundle
@@ -129,8 +129,8 @@ class TorchSegmenter:
             return p.float().cpu().numpy()
 
 
-_MODELS: dict[tuple[str, str], TorchSegmenter] = {}
-_MODELS_LOCK = threading.Lock()
+#: loaded segmenters by (content hash, device): one per worker in practice, a few when a notebook tries models
+_MODELS: "LRUCache[TorchSegmenter]" = LRUCache("models", 4)
 
 
 def load_model(bundle: str | os.PathLike | BundleMeta | None = None, device: str | None = None,
@@ -142,11 +142,7 @@ def load_model(bundle: str | os.PathLike | BundleMeta | None = None, device: str
         raise ImportError("reefmap inference needs PyTorch: pip install torch==2.13.0") from None
     meta = bundle if isinstance(bundle, BundleMeta) else read_bundle(bundle)
     key = (meta.sha256, device or "auto")
-    with _MODELS_LOCK:
-        model = _MODELS.get(key)
-        if model is None:
-            model = _MODELS[key] = TorchSegmenter(meta, device=device, threads=threads or _default_threads())
-    return model
+    return _MODELS.get_or_create(key, lambda: TorchSegmenter(meta, device=device, threads=threads or _default_threads()))
 
 
 def _default_threads() -> int | None:

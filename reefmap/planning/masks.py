@@ -26,13 +26,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from reefmap.caching import LRUCache
 from reefmap.errors import GeometryError, MaskError, MaskNotFound
 from reefmap.geometry.grid import TileGrid
 from reefmap.geometry.vector import read_geojson, vector_crs
@@ -84,11 +83,8 @@ def tile_mask(grid: TileGrid, source: str | os.PathLike, buffer_km: float = 0.0,
         raise MaskError(f"buffer_km {buffer_km!r} must be a number of kilometres >= 0")
     kind = _kind(path)
     key = _cache_key(grid, path, float(buffer_km), crs)
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key) if key is not None else None
-        if hit is not None:  # the same file, unchanged, on the same grid: a run resubmitted in one process, tests
-            _CACHE.move_to_end(key)
-    if hit is not None:
+    hit = _MASKS.get(key) if key is not None else None
+    if hit is not None:  # the same file, unchanged, on the same grid: a run resubmitted in one process, tests
         sel, mi = hit
         return sel.copy() if not info else (sel.copy(), mi)
     if kind == "vector":
@@ -102,16 +98,11 @@ def tile_mask(grid: TileGrid, source: str | os.PathLike, buffer_km: float = 0.0,
     sel = np.ascontiguousarray(sel, dtype=bool)
     mi = MaskInfo(path, kind, crs_s, n, float(buffer_km), int(sel.size), int(sel.sum()), round(time.perf_counter() - t0, 3))
     if key is not None:
-        with _CACHE_LOCK:
-            _CACHE[key] = (sel.copy(), mi)
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
+        _MASKS.put(key, (sel.copy(), mi))
     return sel if not info else (sel, mi)
 
 
-_CACHE_SIZE = 8
-_CACHE_LOCK = threading.Lock()
-_CACHE: "OrderedDict[tuple, tuple[np.ndarray, MaskInfo]]" = OrderedDict()  # see the module docstring
+_MASKS: "LRUCache[tuple[np.ndarray, MaskInfo]]" = LRUCache("masks", 8)  # see the module docstring
 
 
 def _cache_key(grid: TileGrid, path: str, buffer_km: float, crs: Any) -> tuple | None:

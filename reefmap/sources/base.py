@@ -13,13 +13,12 @@ Pixel validity convention: a pixel is nodata when *every* band equals ``nodata``
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from importlib import import_module
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from reefmap.caching import LRUCache
 from reefmap.errors import InvalidParameter
 from reefmap.geometry.grid import GeoBox, Window
 
@@ -52,8 +51,7 @@ _FACTORIES: dict[str, Callable[[dict], Reader] | str] = dict(READERS)  # + regis
 #: the per-process reader cache: the most recently used readers by spec, at most this many (older ones are
 #: dropped, closing their files once no caller holds them); ``clear_reader_cache()`` empties it
 READER_CACHE_SIZE = 64
-_CACHE: OrderedDict[str, Reader] = OrderedDict()
-_LOCK = threading.Lock()
+_READERS = LRUCache("readers", READER_CACHE_SIZE)
 
 
 def register_reader(kind: str, factory: Callable[[dict], Reader] | str) -> None:
@@ -104,39 +102,18 @@ def public_spec(spec):
 
 def open_reader(spec: dict) -> Reader:
     """The reader for ``spec``, built once per process and then reused (see ``READER_CACHE_SIZE``)."""
-    key = spec_key(spec)
-    with _LOCK:
-        r = _CACHE.get(key)
-        if r is not None:
-            _CACHE.move_to_end(key)
-            return r
-    r = _factory(spec.get("kind"))(spec)
-    with _LOCK:
-        r = _CACHE.setdefault(key, r)  # another thread may have built it meanwhile: keep the first
-        _remember(key, r)
-    return r
+    return _READERS.get_or_create(spec_key(spec), lambda: _factory(spec.get("kind"))(spec))
 
 
 def cache_reader(reader: Reader) -> Reader:
     """Put a freshly made ``reader`` in ``open_reader``'s cache under its spec, replacing any older one, so that
     unpickling its spec in this process gives back this very reader (and the files it has open)."""
-    key = spec_key(reader.spec())
-    with _LOCK:
-        _remember(key, reader)
-    return reader
-
-
-def _remember(key: str, reader: Reader) -> None:  # with _LOCK held
-    _CACHE[key] = reader
-    _CACHE.move_to_end(key)
-    while len(_CACHE) > READER_CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    return _READERS.put(spec_key(reader.spec()), reader)
 
 
 def clear_reader_cache() -> None:
     """Forget every cached reader: the next ``open_reader`` of any spec builds a new one (re-reading metadata)."""
-    with _LOCK:
-        _CACHE.clear()
+    _READERS.clear()
 
 
 class ReaderBase:

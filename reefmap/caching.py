@@ -1,0 +1,81 @@
+"""The one rule for reefmap's per-process caches.
+
+Every cache that outlives a call is an ``LRUCache``: bounded (least recently used entries are dropped first),
+thread-safe, keyed by everything that determines the value (a file's size and modification time when the value
+is read from a local file), and registered here by name so that ``clear_caches()`` empties them all (tests,
+notebooks after files changed in place). The caches (see ``caches()``):
+
+- ``readers`` (sources): mosaic readers by spec JSON; a reader holds open file handles;
+- ``bundle metadata`` (model): bundle metadata by path + (mtime, size) of its files;
+- ``models`` (model): loaded torch segmenters by (content hash, device), one per worker in practice;
+- ``masks`` (planning): tile-selection masks by grid + local file path, size, mtime, buffer, CRS.
+
+Pure functions of immutable values use ``functools.lru_cache`` (CRS parsing, synthetic-world tables); values of
+immutable objects use ``functools.cached_property``. Nothing else is cached across calls.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Generic, Hashable, TypeVar
+
+V = TypeVar("V")
+
+_REGISTRY: dict[str, "LRUCache"] = {}
+
+
+class LRUCache(Generic[V]):
+    """A bounded, thread-safe least-recently-used cache, registered under ``name``."""
+
+    def __init__(self, name: str, maxsize: int):
+        self.name, self.maxsize = name, maxsize
+        self._data: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+        _REGISTRY[name] = self
+
+    def get(self, key: Hashable) -> V | None:
+        with self._lock:
+            v = self._data.get(key)
+            if v is not None:
+                self._data.move_to_end(key)
+            return v
+
+    def put(self, key: Hashable, value: V, *, keep_first: bool = False) -> V:
+        """Store ``value`` (or, with ``keep_first``, keep a value another thread stored meanwhile); returns the
+        value now cached."""
+        with self._lock:
+            if keep_first and key in self._data:
+                value = self._data[key]
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+            return value
+
+    def get_or_create(self, key: Hashable, make: Callable[[], V]) -> V:
+        """The cached value, or ``make()`` stored (built outside the lock; the first one stored wins)."""
+        v = self.get(key)
+        return v if v is not None else self.put(key, make(), keep_first=True)
+
+    def pop(self, key: Hashable) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def caches() -> dict[str, Any]:
+    """{name: the cache} of every registered per-process cache."""
+    return dict(_REGISTRY)
+
+
+def clear_caches() -> None:
+    """Empty every per-process cache of reefmap (readers, bundle metadata, models, masks)."""
+    for c in _REGISTRY.values():
+        c.clear()

@@ -1,0 +1,68 @@
+"""One rule for per-process caches: bounded LRU, thread-safe, keyed by what determines the value, all cleared
+by ``clear_caches``."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from reefmap.caching import LRUCache, caches, clear_caches
+
+
+def test_lru_drops_the_least_recently_used_and_keeps_the_first_of_a_race():
+    c = LRUCache("test-lru", 2)
+    c.put("a", 1)
+    c.put("b", 2)
+    assert c.get("a") == 1  # a is now the most recent
+    c.put("c", 3)
+    assert c.get("b") is None and c.get("a") == 1 and c.get("c") == 3 and len(c) == 2
+    made = []
+
+    def make():
+        made.append(1)
+        return object()
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(c.get_or_create("k", make))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(g) for g in got}) == 1  # however many were built, every caller got the one cached
+
+
+def test_every_package_cache_is_registered_and_cleared_together():
+    import reefmap.model.bundle  # noqa: F401
+    import reefmap.model.segmenter  # noqa: F401
+    import reefmap.planning.masks  # noqa: F401
+    import reefmap.sources.base  # noqa: F401
+    from affine import Affine
+
+    from reefmap.geometry.grid import GeoBox, Shape
+    from reefmap.sources import memory_reader, open_reader
+
+    assert {"readers", "bundle metadata", "models", "masks"} <= set(caches())
+    r = memory_reader(np.zeros((3, 4, 4), np.uint8), GeoBox(Shape(4, 4), Affine(1, 0, 0, 0, -1, 4), "EPSG:32618"))
+    assert open_reader(r.spec()) is r
+    reefmap.model.bundle.read_bundle(None)
+    assert len(caches()["readers"]) and len(caches()["bundle metadata"])
+    clear_caches()
+    assert all(len(c) == 0 for c in caches().values())
+
+
+def test_a_bundle_changed_in_place_is_read_again(tmp_path, random_bundle):
+    import shutil
+
+    from reefmap.model.bundle import read_bundle
+
+    b = tmp_path / "b"
+    shutil.copytree(random_bundle.path, b)
+    first = read_bundle(b)
+    import json
+
+    d = json.loads((b / "bundle.json").read_text())
+    d["meta"]["name"] = "renamed"
+    d.pop("sha256", None)  # no recorded hash: the changed metadata is accepted as is
+    (b / "bundle.json").write_text(json.dumps(d) + "\n" * 3)  # another size: a new cache key
+    assert read_bundle(b).name == "renamed" and read_bundle(b).sha256 != first.sha256
