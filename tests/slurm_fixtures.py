@@ -66,7 +66,7 @@ def slurm_down_reason() -> str | None:
         state = _run("sinfo", "-h", "-n", "localhost", "-o", "%t").stdout.strip()
     except (OSError, subprocess.SubprocessError) as e:
         return f"SLURM commands fail ({e}); run `bash {START}`"
-    if state.rstrip("*") not in ("idle", "mix", "alloc", "comp"):  # comp: finishing an earlier job, then idle
+    if state.rstrip("*+~#$@%!^-") not in ("idle", "mix", "alloc", "comp"):  # comp: finishing a job; suffixes: flags
         return f"SLURM node localhost is {state or 'missing'!r}, not idle; restart it with `bash {START}`"
     return None
 

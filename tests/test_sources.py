@@ -801,10 +801,11 @@ def test_register_reader_adds_an_outside_kind():
 def test_reader_cache_is_a_bounded_lru_that_can_be_cleared(monkeypatch):
     """Rule: ``open_reader`` keeps the ``READER_CACHE_SIZE`` most recently used readers, keyed by the spec's
     canonical JSON; an older one is dropped (and rebuilt when asked again); ``clear_reader_cache`` drops all."""
-    from reefmap.sources import base, clear_reader_cache
+    from reefmap.caching import caches
+    from reefmap.sources import clear_reader_cache
     from reefmap.synthetic.reader import synthetic_geobox
 
-    monkeypatch.setattr(base, "READER_CACHE_SIZE", 3)
+    monkeypatch.setattr(caches()["readers"], "maxsize", 3)
     clear_reader_cache()
     g = synthetic_geobox(8).to_json()
     specs = [{"kind": "synthetic", "geobox": g, "world": {"seed": s}} for s in range(4)]
