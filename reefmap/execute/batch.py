@@ -249,13 +249,13 @@ class BatchSummary:
     def finish(self, progress, states: np.ndarray, selection: np.ndarray, stop_set: bool, t_start: float) -> None:
         """Fill in this job's counts (from its outcome counter, a ``RunProgress``; None when the job ended before
         counting) and where the store stands (``states``, just read, of the ``selection`` planned)."""
-        from reefmap.store.format import FINISHED_STATES, TileState
+        from reefmap.store.format import TileState, is_finished
 
         if progress is not None:  # counted per outcome, so tiles of an abandoned stream are included
             self.computed, self.megapixels = progress.n, progress.pixels / 1e6
             self.done, self.skipped, self.failed = (progress.counts[k] for k in ("done", "skipped", "failed"))
             self.failures = {f"{iy},{ix}": err for (iy, ix), err in list(progress.failures.items())[:50]}
-        self.remaining = int((selection & ~np.isin(states, FINISHED_STATES)).sum())
+        self.remaining = int((selection & ~is_finished(states)).sum())
         self.failed_in_store = int((selection & (states == TileState.FAILED)).sum())
         self.stopped = bool(stop_set or self.abandoned) and self.remaining > 0
         self.seconds = time.perf_counter() - t_start
@@ -322,7 +322,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
     from reefmap.execute.loop import chain, submit_bounded
     from reefmap.execute.progress import RunProgress
     from reefmap.execute.runner import prepare
-    from reefmap.store.format import FINISHED_STATES
+    from reefmap.store.format import is_finished
 
     lg = logger or log
     stop = stop or threading.Event()
@@ -353,7 +353,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
 
     try:
         states = store.states()
-        summary.finished_before = int((np.isin(states, FINISHED_STATES) & plan.selection).sum())
+        summary.finished_before = int((is_finished(states) & plan.selection).sum())
         progress = RunProgress(plan.count, summary.finished_before, every_s=cfg.log_every_s, job=job, logger=lg)
         lg.info(f"{job}: store {store.url}: {summary.finished_before}/{plan.count} planned tiles already finished")
         work = summary.finished_before < plan.count and not stop.is_set()  # else no cluster is launched
@@ -408,12 +408,12 @@ class Blocks:
         self.rounds = 0
 
     def __iter__(self):
-        from reefmap.store.format import FINISHED_STATES
+        from reefmap.store.format import is_finished
 
         while True:
             states = self.store.states() if self.states is None else self.states
             self.states = None
-            finished = np.isin(states, FINISHED_STATES) & self.selection
+            finished = is_finished(states) & self.selection
             if self.rounds:
                 self.progress.store_update(int(finished.sum()))
             todo = self.selection & ~finished & ~self.submitted

@@ -21,7 +21,7 @@ from reefmap.execute.executors import Distributed, InProcess, open_executor
 from reefmap.execute.loop import chain, submit_bounded
 from reefmap.execute.progress import RunProgress
 from reefmap.planning.plan import Plan, plan_tiles
-from reefmap.store.format import FINISHED_STATES, TileState
+from reefmap.store.format import TileState, is_finished
 from reefmap.store.mapstore import MapStore, code_version
 
 
@@ -134,7 +134,7 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
             return execute(plan, job, store, ex, options, stop=stop, on_outcome=on_outcome, states=states)
     t0 = time.perf_counter()
     states = store.states() if states is None else states
-    finished = np.isin(states, FINISHED_STATES) if options.retry_failed else (states != TileState.PENDING)
+    finished = is_finished(states) if options.retry_failed else (states != TileState.PENDING)
     tiles = np.argwhere(plan.remaining(finished))
     progress = RunProgress(plan.count, plan.count - len(tiles), show="bar" if options.progress else None)
     b = max(1, options.batch)

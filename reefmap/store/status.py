@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from reefmap.store.format import FINISHED_STATES, SKIPPED_STATES, TileState
+from reefmap.store.format import SKIPPED_STATES, TileState, is_finished
 from reefmap.store.mapstore import MapStore
 
 
@@ -21,7 +21,7 @@ def status(store: MapStore | str) -> dict:
     skipped = int(sum(counts[s] for s in SKIPPED_STATES))
     failed = int(counts[TileState.FAILED])
     n_planned = int(planned.sum())
-    finished_in_plan = int((planned & np.isin(states, FINISHED_STATES)).sum())
+    finished_in_plan = int((planned & is_finished(states)).sum())
     failed_in_plan = int((planned & (states == TileState.FAILED)).sum())
     pending = n_planned - finished_in_plan - failed_in_plan
     return {

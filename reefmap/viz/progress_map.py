@@ -17,7 +17,7 @@ import numpy as np
 
 from reefmap.geometry.grid import GeoBox, Shape
 from reefmap.options import get_option
-from reefmap.store.format import SKIPPED_STATES, TileState
+from reefmap.store.format import TileState, is_skipped
 from reefmap.store.mapstore import MapStore
 from reefmap.viz.render import LegendItem, MapPanel, render_map
 
@@ -64,7 +64,7 @@ class ProgressMap:
 def tile_categories(states: np.ndarray, planned: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean arrays per category over the tile grid (each tile in exactly one of done/skipped/failed/pending/other)."""
     done = states == TileState.DONE
-    skipped = np.isin(states, SKIPPED_STATES)
+    skipped = is_skipped(states)
     failed = states == TileState.FAILED
     pending = planned & ~(done | skipped | failed)
     other = ~(done | skipped | failed | pending)
