@@ -6,6 +6,8 @@ is read from a local file), and registered here by name so that ``clear_caches()
 notebooks after files changed in place). The caches (see ``caches()``):
 
 - ``readers`` (sources): mosaic readers by spec JSON; a reader holds open file handles;
+- ``mosaic credentials`` (sources): the real specs of mosaics whose ``attrs`` show them redacted, by a random reference
+  (cleared, such a mosaic must be opened again);
 - ``bundle metadata`` (model): bundle metadata by path + (mtime, size) of its files;
 - ``models`` (model): loaded torch segmenters by (content hash, device), one per worker in practice;
 - ``masks`` (planning): tile-selection masks by grid + local file path, size, mtime, buffer, CRS.

@@ -1,15 +1,21 @@
 """The reefmap error hierarchy.
 
 Every error a user can cause by what they pass in is a ``ReefmapError`` subclass whose message names the
-offending value and says how to fix it. The CLI prints these as one line and exits non-zero; anything else
-is a bug and keeps its traceback.
+offending value (URLs without their credentials) and says how to fix it. The CLI prints these as one line and
+exits non-zero; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+from reefmap.redaction import redact_text
+
 
 class ReefmapError(Exception):
-    """Base class of all user-facing reefmap errors."""
+    """Base class of all user-facing reefmap errors. Its message never shows a credential: every URL in it is
+    redacted (``reefmap.redaction``), whoever formats it, so error text may be printed, logged and recorded."""
+
+    def __init__(self, *args):
+        super().__init__(*(redact_text(a) if isinstance(a, str) else a for a in args))
 
 
 class InvalidParameter(ReefmapError, ValueError):

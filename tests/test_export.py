@@ -202,17 +202,65 @@ def test_existing_output_is_refused_unless_overwrite(utm_map, tmp_path):
     res = query(url, bbox=SMALL)
     for name in ("x.tif", "x.nc", "x.png", "x.zarr"):
         target = tmp_path / name
-        if name.endswith(".zarr"):
-            target.mkdir()
-            (target / "keep.txt").write_text("mine")
-        else:
-            target.write_bytes(b"precious")
+        export(res, target, layer="classification")
+        before = sorted(p.name for p in target.iterdir()) if target.is_dir() else target.read_bytes()
         with pytest.raises(OutputExists, match="--overwrite"):
             export(res, target)
-        assert (target / "keep.txt").read_text() == "mine" if name.endswith(".zarr") else target.read_bytes() == b"precious"
-        export(res, target, overwrite=True)
-        assert not (target / "keep.txt").exists() if name.endswith(".zarr") else target.read_bytes() != b"precious"
+        assert (sorted(p.name for p in target.iterdir()) if target.is_dir() else target.read_bytes()) == before
+        export(res, target, overwrite=True, layer=None if name != "x.tif" else "reef_probability")
+        if name == "x.tif":
+            assert rasterio.open(target).tags()["LAYER"] == "reef_probability"
+        elif name != "x.png":
+            kw = {"engine": "zarr", "consolidated": False} if name.endswith(".zarr") else {}
+            assert "reef_probability" in xr.open_dataset(target, **kw)
     assert sorted(os.listdir(tmp_path)) == ["x.nc", "x.png", "x.tif", "x.zarr"]  # no temporary leftovers
+
+
+def test_overwrite_replaces_only_an_earlier_export_of_the_same_kind(utm_map, tmp_path):
+    """`--out X.tif --overwrite` where X.tif is a folder tree, `--out x.zarr` on a Zarr store that is not an export,
+    or on a symlink: refused, naming the path, nothing touched."""
+    url, *_ = utm_map
+    res = query(url, bbox=SMALL)
+    tree = tmp_path / "X.tif"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "keep.txt").write_text("mine")
+    store = tmp_path / "other.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"a": 1}}))
+    (store / "keep.txt").write_text("mine")
+    link = tmp_path / "link.nc"
+    link.symlink_to(tree / "sub" / "keep.txt")
+    for target, why in ((tree, "is a folder"), (store, "not a Zarr export"), (link, "symbolic link")):
+        with pytest.raises(OutputExists, match=rf"{target}.*{why}"):
+            export(res, target, overwrite=True)
+        with pytest.raises(OutputExists, match=why):
+            cli(["query", url, f"--bbox={','.join(map(str, SMALL))}", "--out", str(target), "--overwrite",
+                 "--layer", "classification"])
+    assert (tree / "sub" / "keep.txt").read_text() == "mine" and (store / "keep.txt").read_text() == "mine"
+    assert link.is_symlink() and link.read_text() == "mine"
+
+
+def test_the_queried_map_is_never_the_output(tmp_path):
+    """`reefmap query MAP --out MAP --overwrite` (and an output inside the map, or a folder holding it, by any
+    spelling of the path) is refused before anything is read or written: the map stays whole."""
+    grid = TileGrid(GB, TILE)
+    states = np.full(tuple(grid.shape), D, np.uint8)
+    prob, cls = patterns(tuple(GB.shape))
+    outer = tmp_path / "outer.zarr"
+    outer.mkdir()
+    m = outer / "m.zarr"
+    write_map(m, GB, TILE, prob, cls, states)
+    (tmp_path / "alias").symlink_to(outer, target_is_directory=True)
+    box = f"--bbox={','.join(map(str, SMALL))}"
+    for out, where in ((m, "is the queried map"), (tmp_path / "x" / ".." / "outer.zarr", "holds the queried map"),
+                       (f"{m}/", "is the queried map"), (tmp_path / "alias" / "m.zarr", "is the queried map"),
+                       (m / "classification" / "x.tif", "is inside the queried map"), (outer, "holds the queried map")):
+        with pytest.raises(InvalidParameter, match=rf"{where}.*would destroy the map"):
+            cli(["query", str(m), box, "--out", str(out), "--overwrite", "--layer", "classification"])
+    with pytest.raises(InvalidParameter, match="would destroy the map"):
+        export(query(str(m), bbox=SMALL), m, overwrite=True)
+    np.testing.assert_array_equal(query(str(m))["classification"].values, cls)
+    assert sorted(p.name for p in outer.iterdir()) == ["m.zarr"]
 
 
 def test_bad_export_requests(utm_map, tmp_path):

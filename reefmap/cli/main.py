@@ -22,6 +22,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crs", help="target CRS when mosaic files differ in CRS")
     p.add_argument("--no-screen", dest="screen", action="store_false", default=None, help="infer every tile (no empty-tile screen)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--allow-new-sources", action="store_true",
+                   help="extend an existing map made from another input with this mosaic (else refused)")
 
 
 def cmd_run(a) -> int:
@@ -31,7 +33,7 @@ def cmd_run(a) -> int:
     over = {"mosaic": tuple(a.mosaic) if a.mosaic else None, "out": a.out, "model": a.model, "bbox": a.bbox,
             "tile": a.tile, "halo": a.halo, "workers": a.workers, "crs": a.crs, "screen": a.screen}
     cfg = RunConfig.from_yaml(a.config, **over) if a.config else RunConfig(**{k: v for k, v in over.items() if v is not None})
-    summary = run_config(cfg, progress=not a.json, raise_on_failure=False)
+    summary = run_config(cfg, progress=not a.json, raise_on_failure=False, allow_new_sources=a.allow_new_sources)
     print(json.dumps(summary.to_json(), indent=2) if a.json else summary)
     summary.raise_for_failures()
     return 0

@@ -74,7 +74,8 @@ def add_commands(subparsers) -> None:
                                    "default reef_probability)")
     q.add_argument("--resolution", type=float, help="wanted pixel size in the map CRS's units: reads the coarsest "
                                                     "overview level no coarser than it")
-    q.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output of the same kind (a file, or a Zarr export); never the map itself")
     q.add_argument("--json", action="store_true", help="print a JSON summary")
     q.set_defaults(fn=cmd_query)
 

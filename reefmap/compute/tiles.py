@@ -19,6 +19,7 @@ from reefmap.compute import kernels
 from reefmap.errors import BandMismatch
 from reefmap.geometry.grid import Window
 from reefmap.model.segmenter import load_model
+from reefmap.redaction import redact_text
 from reefmap.sources.base import open_reader
 from reefmap.store.format import TileState
 
@@ -89,7 +90,7 @@ def predict_blocks(blocks, model, nodata, cores, screen: bool = True):
 class TileJob:
     """Everything a worker needs to compute tiles: small, picklable, no open handles or weights."""
 
-    reader_spec: dict
+    reader_spec: dict = field(repr=False)  # may hold credentials: never shown
     bundle: str
     store: object  # MapStore (pickles as its URL)
     screen: bool = True
@@ -120,6 +121,11 @@ class _Failed(str):
     """A tile's error message, carried through the steps in place of its pixels."""
 
 
+def _failure(error: BaseException) -> _Failed:
+    """The error message of a failed tile, its URLs redacted (it is recorded in the store and shown)."""
+    return _Failed(redact_text(f"{type(error).__name__}: {error}"))
+
+
 def read_tiles(job: TileJob, tasks) -> TileBatch:
     """Step 1 (I/O): each tile's halo'd window; a corrupt/unreadable input fails that tile only."""
     t0 = time.perf_counter()
@@ -129,7 +135,7 @@ def read_tiles(job: TileJob, tasks) -> TileBatch:
         try:
             items.append(reader.read(task.read))
         except Exception as e:
-            items.append(_Failed(f"{type(e).__name__}: {e}"))
+            items.append(_failure(e))
     return TileBatch(list(tasks), items, {"read": time.perf_counter() - t0})
 
 
@@ -146,7 +152,7 @@ def predict_tiles(job: TileJob, batch: TileBatch) -> TileBatch:
         except BandMismatch:  # the run's configuration is wrong, not this tile
             raise
         except Exception as e:
-            results = [_Failed(f"{type(e).__name__}: {e}")] * len(ok)
+            results = [_failure(e)] * len(ok)
         for i, r in zip(ok, results):
             items[i] = r
     return TileBatch(batch.tasks, items, {**batch.timings, "predict": time.perf_counter() - t0})

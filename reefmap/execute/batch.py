@@ -37,6 +37,7 @@ import numpy as np
 from reefmap.errors import AbandonRun, InvalidParameter
 from reefmap.geometry.grid import TileGrid
 from reefmap.config import GlobalRunConfig, describe_grid
+from reefmap.sources import urls
 
 log = logging.getLogger("reefmap.execute.batch")
 
@@ -342,7 +343,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
     mosaic = open_global_mosaic(cfg)
     plan, tjob, store = prepare(mosaic, cfg.model, cfg.out, tile=gplan.grid.tile, halo=cfg.halo, screen=cfg.screen,
                                 tile_mask=gplan.selection)
-    summary.store = store.url
+    summary.store = urls.redact(store.url)
     progress = None
 
     def finish():  # this job's counts and where the store stands, into the summary; logged and written
@@ -355,7 +356,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
         states = store.states()
         summary.finished_before = int((is_finished(states) & plan.selection).sum())
         progress = RunProgress(plan.count, summary.finished_before, every_s=cfg.log_every_s, job=job, logger=lg)
-        lg.info(f"{job}: store {store.url}: {summary.finished_before}/{plan.count} planned tiles already finished")
+        lg.info(f"{job}: store {summary.store}: {summary.finished_before}/{plan.count} planned tiles already finished")
         work = summary.finished_before < plan.count and not stop.is_set()  # else no cluster is launched
         executor_cm = open_executor(client, profile=cfg.cluster_profile, jobs=cfg.cluster_jobs, logger=lg) if work \
             else InProcess()
@@ -372,7 +373,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
                 if not stop.is_set():
                     raise
                 # stopping at walltime: SLURM may already be killing the workers; what was in flight is redone later
-                lg.warning(f"{job}: tiles in flight were lost while stopping ({type(e).__name__}: {e}); the next "
+                lg.warning(f"{job}: tiles in flight were lost while stopping ({urls.redact_text(f'{type(e).__name__}: {e}')}); the next "
                            "run redoes them")
                 summary.abandoned = True
             summary.rounds = blocks.rounds
@@ -381,7 +382,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
         summary.abandoned = True
         lg.warning(f"{job}: abandoned the tiles in flight; they stay pending and the next run redoes them")
     except Exception as e:
-        summary.error = f"{type(e).__name__}: {e}"
+        summary.error = urls.redact_text(f"{type(e).__name__}: {e}")
         lg.error(f"{job}: run failed: {summary.error}")
         try:  # never hide the original error
             finish()

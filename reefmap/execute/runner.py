@@ -21,6 +21,7 @@ from reefmap.execute.executors import Distributed, InProcess, open_executor
 from reefmap.execute.loop import chain, submit_bounded
 from reefmap.execute.progress import RunProgress
 from reefmap.planning.plan import Plan, plan_tiles
+from reefmap.sources import urls
 from reefmap.store.format import TileState, is_finished
 from reefmap.store.mapstore import MapStore, code_version
 
@@ -67,10 +68,14 @@ class RunSummary:
 
 def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: int = 1024,
             halo: int | None = None, screen: bool = True, storage_options: dict | None = None,
-            tile_mask: np.ndarray | None = None) -> tuple[Plan, TileJob, MapStore]:
-    """Plan a run and open (or create) its store — metadata only: no pixels, no torch."""
+            tile_mask: np.ndarray | None = None, allow_new_sources: bool = False) -> tuple[Plan, TileJob, MapStore]:
+    """Plan a run and open (or create) its store — metadata only: no pixels, no torch.
+
+    An existing store must have been made with the same grid, model, parameters and input (its identity; paths
+    without credentials plus a fingerprint of the input's metadata): another input is refused (``StoreMismatch``)
+    unless ``allow_new_sources``, which extends the map with it (recorded in its provenance)."""
     from reefmap.model.bundle import read_bundle
-    from reefmap.sources.base import public_spec, reader_of
+    from reefmap.sources.base import public_spec, reader_of, source_identity
 
     if out is None:
         raise InvalidParameter("no output store given; pass out= (a path or URL ending in .zarr)")
@@ -88,14 +93,16 @@ def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", ti
             f"would show seams; use --halo {meta.halo} (the bundle's default)"
         )
     plan = plan_tiles(reader.geobox, tile, halo, bbox=bbox, bbox_crs=bbox_crs, size_multiple=meta.size_multiple, mask=tile_mask)
-    identity = {"model": meta.sha256, "halo": halo, "screen": bool(screen), "bands": list(meta.bands)}
+    identity = {"model": meta.sha256, "halo": halo, "screen": bool(screen), "bands": list(meta.bands),
+                "sources": [source_identity(reader)]}
     provenance = {
         "model": meta.provenance(),
         "reefmap_version": code_version(),
         "sources": [public_spec(reader.spec())],  # never credentials: the store's attributes are public
         "parameters": {"tile": int(tile), "halo": halo, "screen": bool(screen), "bbox": None if bbox is None else list(map(float, _bbox_list(bbox)))},
     }
-    store = MapStore.create_or_open(out, plan.grid, identity, provenance, storage_options)
+    store = MapStore.create_or_open(out, plan.grid, identity, provenance, storage_options,
+                                    allow_new_sources=allow_new_sources)
     store.record_plan(plan)
     job = TileJob(reader_spec=reader.spec(), bundle=meta.path, store=store, screen=bool(screen))
     return plan, job, store
@@ -143,7 +150,7 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
                    on_outcome=chain(progress.on_outcome, on_outcome))
     progress.close()
     return RunSummary(
-        store=store.url, planned=plan.count, already_finished=plan.count - len(tiles), computed=progress.n,
+        store=urls.redact(store.url), planned=plan.count, already_finished=plan.count - len(tiles), computed=progress.n,
         done=progress.counts["done"], skipped=progress.counts["skipped"], failed=progress.counts["failed"],
         seconds=time.perf_counter() - t0, megapixels=progress.pixels / 1e6, failures=dict(progress.failures),
         stopped=bool(stop is not None and stop.is_set() and progress.n < len(tiles)),
@@ -153,7 +160,7 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
 def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: int = 1024, halo: int | None = None,
         screen: bool = True, client: Any = None, workers: int | None = None, batch: int = 1,
         max_in_flight: int | None = None, progress: bool = True, storage_options: dict | None = None,
-        raise_on_failure: bool = True) -> RunSummary:
+        raise_on_failure: bool = True, allow_new_sources: bool = False) -> RunSummary:
     """Map ``mosaic`` with ``model`` into the Zarr store ``out``; resumable and idempotent.
 
     ``client`` (the same meaning as in ``run_batch``, see :func:`~reefmap.execute.executors.open_executor`):
@@ -161,10 +168,11 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     one per core), for this call; ``"inprocess"`` computes in a thread of this process (no dask); a profile name or
     file (``"slurm-gpu"``) is launched for this call with ``workers`` workers (SLURM jobs); a scheduler address is
     connected to; a ``distributed.Client`` is used as it is. Raises ``TileFailures`` (after finishing every other
-    tile) when some tiles failed; each is recorded in the store with its reason.
+    tile) when some tiles failed; each is recorded in the store with its reason. ``allow_new_sources``: extend an
+    existing map made from another input with this one (else refused, see :func:`prepare`).
     """
     plan, job, store = prepare(mosaic, model, out, bbox=bbox, bbox_crs=bbox_crs, tile=tile, halo=halo, screen=screen,
-                               storage_options=storage_options)
+                               storage_options=storage_options, allow_new_sources=allow_new_sources)
     options = RunOptions(batch=batch, max_in_flight=max_in_flight, progress=progress)
     with open_executor(client, jobs=workers) as executor:
         summary = execute(plan, job, store, executor, options)
@@ -174,11 +182,11 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
 
 
 def run_config(cfg: RunConfig, *, client: Any = None, progress: bool = True,
-               raise_on_failure: bool = True) -> RunSummary:
+               raise_on_failure: bool = True, allow_new_sources: bool = False) -> RunSummary:
     """:func:`run` as a ``RunConfig`` (``reefmap run`` flags or YAML) says: its mosaic files opened as one mosaic."""
     from reefmap.sources import open_mosaic
 
     mosaic = open_mosaic(list(cfg.mosaic) if len(cfg.mosaic) > 1 else cfg.mosaic[0], crs=cfg.crs)
     return run(mosaic, cfg.model, cfg.out, bbox=cfg.bbox, tile=cfg.tile, halo=cfg.halo, screen=cfg.screen,
                client=client, workers=cfg.workers, batch=cfg.batch, progress=progress,
-               raise_on_failure=raise_on_failure)
+               raise_on_failure=raise_on_failure, allow_new_sources=allow_new_sources)

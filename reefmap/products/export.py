@@ -18,12 +18,15 @@ Encodings (the codes of ``reefmap.store.format``; probability p is stored as the
 - **PNG**: class colours and/or reef probability (unfinished grey, nodata hatched), drawn by
   ``reefmap.viz.quicklook`` with legend, colour bar, lon/lat ticks, scale bar and CRS.
 
-An existing output is refused (``OutputExists``, nothing is touched) unless ``overwrite=True``; outputs are
-written to a temporary sibling first and moved into place only when complete.
+An existing output is refused (``OutputExists``, nothing is touched) unless ``overwrite=True``, and even then
+unless it is an earlier export of the same kind; the queried map, anything inside it and any folder holding it are
+never written (``check_output``). Outputs are written to a temporary sibling first and moved into place only when
+complete.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -82,18 +85,58 @@ def probability_codes(ds):
     return xr.where(unfinished, np.uint8(UNFINISHED), code).astype(np.uint8)
 
 
-def _check_output(path, overwrite: bool) -> str:
+#: the root attributes that mark a Zarr store as an export of this module (``_cf_dataset``)
+EXPORT_MARK = {"source": "reefmap", "title": "reefmap query result"}
+
+
+def check_output(path, fmt: str, overwrite: bool, store=None) -> str:
+    """The absolute local path to write a ``fmt`` export to, or an error naming the path; nothing is touched.
+
+    Never onto the queried ``store`` (a local map path), inside it or onto a folder holding it (paths resolved,
+    symlinks followed). An existing output is replaced only with ``overwrite`` and only when it is what this
+    export writes: a regular file for ``.tif``/``.nc``/``.png``, a Zarr store written by ``export`` for ``.zarr``.
+    """
     s = os.fspath(path)
     if not urls.is_local(s):
         raise InvalidParameter(f"output {s!r}: exports are written to local paths only")
     p = urls.normalize(s.rstrip("/"))
-    if os.path.lexists(p) and not overwrite:
-        raise OutputExists(f"output {p!r} already exists; pass --overwrite (overwrite=True) to replace it "
-                           "(nothing was written)")
+    if store is not None and urls.is_local(store):
+        out, src = os.path.realpath(p), os.path.realpath(urls.local_path(store))
+        if os.path.commonpath([out, src]) in (out, src):
+            where = "is" if out == src else "is inside" if os.path.commonpath([out, src]) == src else "holds"
+            raise InvalidParameter(f"output {p!r} {where} the queried map {urls.local_path(store)!r}: writing there "
+                                   "would destroy the map (nothing was written); choose an output outside it")
+    if os.path.lexists(p):
+        if not overwrite:
+            raise OutputExists(f"output {p!r} already exists; pass --overwrite (overwrite=True) to replace it "
+                               "(nothing was written)")
+        why = _not_replaceable(p, fmt)
+        if why:
+            raise OutputExists(f"output {p!r} exists and is {why}, which --overwrite does not replace (it replaces "
+                               f"only an earlier {fmt} export); nothing was written: choose another output, or "
+                               "remove it yourself")
     parent = os.path.dirname(p) or "."
     if not os.path.isdir(parent):
         raise InvalidParameter(f"output folder {parent!r} does not exist; create it first")
     return p
+
+
+def _not_replaceable(path: str, fmt: str) -> str | None:
+    """Why the existing ``path`` is not an earlier ``fmt`` export (None when it is one)."""
+    if os.path.islink(path):
+        return "a symbolic link"
+    if fmt != "zarr":
+        return None if os.path.isfile(path) else "a folder" if os.path.isdir(path) else "not a regular file"
+    if not os.path.isdir(path):
+        return "not a folder"
+    try:
+        with open(os.path.join(path, "zarr.json")) as f:
+            attrs = json.load(f).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        attrs = {}
+    if any(attrs.get(k) != v for k, v in EXPORT_MARK.items()):
+        return "a folder that is not a Zarr export of reefmap query" + (" (it is a reefmap map)" if "reefmap" in attrs else "")
+    return None
 
 
 def _replace(tmp: str, final: str) -> None:
@@ -123,7 +166,7 @@ def export(ds, path, *, layer: str | None = None, overwrite: bool = False) -> st
                            f"{[v for v in ds.data_vars if v in LAYERS]}); query them too")
     if geobox_of(ds) is None:
         raise InvalidParameter("the dataset has no CRS (ds.rio.crs is None); write one with ds.rio.write_crs(...)")
-    final = _check_output(path, overwrite)
+    final = check_output(path, fmt, overwrite, ds.attrs.get("store"))
     d, name = os.path.split(final)
     tmp = os.path.join(d, f".{name}.tmp-{uuid.uuid4().hex[:8]}" + (os.path.splitext(name)[1] if fmt != "zarr" else ".zarr"))
     try:
@@ -290,7 +333,7 @@ def _cf_dataset(ds, layers):
     ds = ds[[*layers, *(["tile_state"] if "tile_state" in ds else [])]]
     ds = ds.rio.write_crs(gb.crs).rio.write_coordinate_system()
     ds = ds.rio.write_transform(gb.transform)
-    attrs = {"Conventions": "CF-1.8", "title": "reefmap query result", "source": "reefmap",
+    attrs = {"Conventions": "CF-1.8", **EXPORT_MARK,
              "reefmap_store": str(a.get("store", "")), "reefmap_level": int(a.get("level", 0)),
              "reefmap_resolution": float(a.get("resolution", max(abs(gb.transform.a), abs(gb.transform.e)))),
              "complete_fraction": float(a.get("complete_fraction", 1.0)),

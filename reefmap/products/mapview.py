@@ -414,7 +414,7 @@ def open_map(store, storage_options: dict | None = None, *, level: int = 0, laye
     win = Window(0, lvl.geobox.shape.y, 0, lvl.geobox.shape.x)
     ds = level_dataset(info, lvl, win, check_layers(layers))
     fin, n = lvl.count_finished(win)
-    return georeference(ds, lvl.geobox, {"store": info.url, "level": lvl.index, "resolution": lvl.pixel_size,
+    return georeference(ds, lvl.geobox, {"store": urls.redact(info.url), "level": lvl.index, "resolution": lvl.pixel_size,
                                          "tile_size": info.grid.tile, "complete_fraction": fin / n,
                                          "unfinished_code": UNFINISHED})
 
@@ -429,7 +429,7 @@ def tile_states(store, storage_options: dict | None = None, *, level: int = 0):
     lvl = info.level(level)
     states = info.states if lvl.states is None else lvl.states
     ny, nx = states.shape
-    attrs = {"long_name": "per-tile state (TileState codes)", "tile_size": info.grid.tile, "store": info.url,
+    attrs = {"long_name": "per-tile state (TileState codes)", "tile_size": info.grid.tile, "store": urls.redact(info.url),
              "level": lvl.index, "flag_values": [int(s) for s in TileState],
              "flag_meanings": " ".join(s.name.lower() for s in TileState)}
     return xr.DataArray(states.copy(), dims=("tile_y", "tile_x"),

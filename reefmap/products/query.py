@@ -32,6 +32,7 @@ from reefmap.geometry.grid import BBox, GeoBox, Shape, Window
 from reefmap.geometry.vector import read_geojson
 from reefmap.products.mapview import (Level, MapInfo, check_layers, crs_units, georeference, inspect_map,
                                      level_dataset, var_attrs)
+from reefmap.sources import urls
 from reefmap.store.format import CLASS_NODATA, OUTSIDE, UNFINISHED, is_finished
 
 # ------------------------------------------------------------------------------------------------------------
@@ -260,7 +261,7 @@ def query(store, bbox=None, geometry=None, resolution=None, layers=None, *, stor
     ds = parts[0] if len(parts) == 1 else xr.concat(parts, dim="x")
     first = parts_at[0]
     gb = GeoBox(Shape(first.window.shape.y, ds.sizes["x"]), first.geobox(lvl).transform, lvl.geobox.crs)
-    attrs = {"store": info.url, "level": lvl.index, "resolution": lvl.pixel_size, "tile_size": info.grid.tile,
+    attrs = {"store": urls.redact(info.url), "level": lvl.index, "resolution": lvl.pixel_size, "tile_size": info.grid.tile,
              "complete_fraction": fin / n if n else 0.0, "has_geometry": int(geom is not None),
              "stale_overview_tiles": stale, "unfinished_code": UNFINISHED, "outside_geometry_code": OUTSIDE}
     if box is not None:

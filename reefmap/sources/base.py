@@ -13,6 +13,7 @@ Pixel validity convention: a pixel is nodata when *every* band equals ``nodata``
 from __future__ import annotations
 
 import json
+import uuid
 from importlib import import_module
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -21,6 +22,7 @@ import numpy as np
 from reefmap.caching import LRUCache
 from reefmap.errors import InvalidParameter
 from reefmap.geometry.grid import GeoBox, Window
+from reefmap.sources import urls
 
 
 @runtime_checkable
@@ -54,6 +56,12 @@ READER_CACHE_SIZE = 64
 _READERS = LRUCache("readers", READER_CACHE_SIZE)
 
 
+#: the real specs of the most recently opened mosaics whose attributes show them redacted, by the random
+#: ``credentials_ref`` in those attributes: credentials stay in this process's memory only (``reader_to_dataarray``,
+#: ``reader_of``)
+_PRIVATE_SPECS = LRUCache("mosaic credentials", 1024)
+
+
 def register_reader(kind: str, factory: Callable[[dict], Reader] | str) -> None:
     """Make ``open_reader({"kind": kind, ...})`` call ``factory(spec)`` (a callable, or a ``"module:factory"``
     string imported on first use): for reader kinds outside reefmap. Every process that opens such a spec
@@ -79,25 +87,52 @@ def spec_key(spec: dict) -> str:
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
-#: storage_options keys whose values are not secrets (kept in provenance; every other value is redacted)
+#: storage_options keys whose values are not secrets (kept in provenance, URLs redacted; every other value is redacted)
 _PUBLIC_OPTIONS = frozenset({"anon", "endpoint_url", "project", "requester_pays", "region", "default_cache_type",
                              "use_listings_cache", "skip_instance_cache", "cache_timeout", "client_kwargs"})
 
 
 def public_spec(spec):
-    """``spec`` fit for provenance: every ``storage_options`` value that could be a credential (tokens, keys,
+    """``spec`` fit for provenance, attributes and messages: every URL in it is redacted (userinfo and signature-like
+    query values, ``urls.redact``) and every ``storage_options`` value that could be a credential (tokens, keys,
     secrets, credential files) becomes ``"<redacted>"``; the keys stay, so the record still says what was used."""
     if isinstance(spec, dict):
         out = {}
         for k, v in spec.items():
             if k == "storage_options" and isinstance(v, dict):
-                out[k] = {o: (w if o in _PUBLIC_OPTIONS and not isinstance(w, dict) else "<redacted>") for o, w in v.items()}
+                out[k] = {o: (public_spec(w) if o in _PUBLIC_OPTIONS and not isinstance(w, dict) else "<redacted>")
+                          for o, w in v.items()}
             else:
                 out[k] = public_spec(v)
         return out
     if isinstance(spec, list):
         return [public_spec(v) for v in spec]
+    if isinstance(spec, str):
+        return urls.redact_text(spec)
     return spec
+
+
+def source_identity(reader: "Reader") -> dict:
+    """What a map records of the mosaic it was made from, to refuse a different one later (no credentials):
+    the kind, the redacted locations (files, store, STAC items) and a fingerprint of the redacted spec (each file's
+    header: grid, bands, nodata, type) and pixel type. Not in it: ``storage_options`` (how to reach the data, not
+    what it is) and an in-memory array's random id; a re-signed URL keeps its identity."""
+    import hashlib
+
+    spec = public_spec(reader.spec())
+    what = {k: v for k, v in spec.items() if k not in ("storage_options", "id")}
+    what["pixels"] = [str(np.dtype(reader.dtype)), None if reader.nodata is None else float(reader.nodata),
+                      [str(b) for b in reader.band_names]]
+    if spec.get("kind") == "stac":
+        where = [str(i.get("id")) for i in spec.get("items", [])]
+    elif "paths" in spec:
+        where = [str(p) for p in spec["paths"]]
+    elif "url" in spec:
+        where = [str(spec["url"])]
+    else:
+        where = []
+    return {"kind": spec.get("kind"), "locations": where,
+            "fingerprint": hashlib.sha256(spec_key(what).encode()).hexdigest()[:16]}
 
 
 def open_reader(spec: dict) -> Reader:
@@ -189,7 +224,9 @@ def reader_to_dataarray(reader: Reader, chunks: int | dict | None = 1024, name: 
     """The lazy ``DataArray(band, y, x)`` over ``reader``: one dask task per chunk, nothing read until compute.
 
     Carries the CRS and transform (rioxarray), ``_FillValue`` and ``nodata``, and the reader's spec in
-    ``attrs["reefmap_source"]`` so the tile runner can rebuild the reader from the array.
+    ``attrs["reefmap_source"]`` so the tile runner can rebuild the reader from the array. Attributes are saved with
+    the array, so a spec holding credentials is put there redacted (``public_spec``) with a ``credentials_ref`` to
+    the real one, which stays in this process's memory (``reader_of`` finds it).
     """
     import dask.array as da
     import rioxarray  # noqa: F401  (registers .rio)
@@ -202,7 +239,12 @@ def reader_to_dataarray(reader: Reader, chunks: int | dict | None = 1024, name: 
         cy = cx = int(chunks or 1024)
     nb = len(reader.band_names)
     dchunks = ((nb,), _split(g.shape.y, cy), _split(g.shape.x, cx))
-    token = name or "reefmap-read-" + _token(spec_key(reader.spec()), cy, cx)
+    spec = reader.spec()
+    shown = public_spec(spec)
+    if shown != spec:
+        shown["credentials_ref"] = uuid.uuid4().hex
+        _PRIVATE_SPECS.put(shown["credentials_ref"], spec)
+    token = name or "reefmap-read-" + _token(spec_key(shown), cy, cx)
     arr = da.map_blocks(_read_block, reader, cy, cx, dtype=reader.dtype, chunks=dchunks, name=token,
                         meta=np.empty((0, 0, 0), reader.dtype))
     out = xr.DataArray(arr, dims=("band", "y", "x"), coords={"band": list(reader.band_names)}, name="mosaic")
@@ -212,7 +254,7 @@ def reader_to_dataarray(reader: Reader, chunks: int | dict | None = 1024, name: 
     if reader.nodata is not None:
         out.attrs["_FillValue"] = reader.nodata
         out.attrs["nodata"] = reader.nodata
-    out.attrs["reefmap_source"] = json.dumps(reader.spec(), sort_keys=True)
+    out.attrs["reefmap_source"] = json.dumps(shown, sort_keys=True)
     return out
 
 
@@ -226,7 +268,17 @@ def reader_of(mosaic) -> Reader:
             "this DataArray was not opened by reefmap.open_mosaic, so the tile runner cannot re-read it on "
             "workers; open it with reefmap.open_mosaic(...) (or wrap it with reefmap.sources.memory_reader)"
         )
-    return open_reader(json.loads(spec))
+    spec = json.loads(spec)
+    ref = spec.pop("credentials_ref", None)
+    if ref is not None:
+        spec = _PRIVATE_SPECS.get(ref)
+        if spec is None:
+            raise InvalidParameter(
+                "this mosaic's credentials are kept only in the memory of the process that opened it (they are "
+                "never saved with the array), and this process no longer has them; open it again with "
+                "reefmap.open_mosaic(...) here"
+            )
+    return open_reader(spec)
 
 
 def _split(n: int, c: int) -> tuple[int, ...]:

@@ -367,7 +367,10 @@ def _open_dataset(path: str, storage_options: dict):
         if urls.is_local(path):
             return rasterio.open(urls.local_path(path))
         fs, p = urls.url_to_fs(path, storage_options)
-        return rasterio.open(p, opener=urls.rasterio_opener(fs))
+        # no probing of side-car files (.msk, .ovr, .aux.xml): a request each, and GDAL prints the URL of each one
+        # that fails (for a presigned URL, with its signature) on stderr
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            return rasterio.open(p, opener=urls.rasterio_opener(fs))
     except RasterioIOError as e:
         raise SourceError(f"{path} is not a readable GeoTIFF (GDAL: {e}); check that it is a complete GeoTIFF/COG file") from e
 

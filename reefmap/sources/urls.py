@@ -3,12 +3,17 @@
 A *location* is a ``str`` or ``os.PathLike``: a local path, a ``file://`` URL, or any fsspec URL
 (``gs://``, ``s3://``, ``memory://`` ...). Local locations are normalised to absolute paths so a spec built
 here still points at the same file on a worker started in another directory.
+
+A URL may carry credentials (``https://user:pw@host/...``, a presigned ``?X-Amz-Signature=...``): the real one
+stays in memory for the readers; ``redact(url)`` / ``redact_text(message)`` are what is shown or stored.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+from reefmap.redaction import redact, redact_text  # noqa: F401  (re-exported for the readers and their callers)
 
 _LOCAL_PROTOCOLS = ("file", "local")
 

@@ -183,9 +183,10 @@ class MapStore:
     # -- creation -----------------------------------------------------------------------------------------------
     @classmethod
     def create_or_open(cls, url: str | os.PathLike, grid: TileGrid, identity: dict, provenance: dict,
-                       storage_options: dict | None = None) -> "MapStore":
-        """Open the map at ``url`` if it exists and was made for the same ``identity`` (grid, model, halo …);
-        create it otherwise. A mismatch raises ``StoreMismatch`` naming what differs — never mixes runs.
+                       storage_options: dict | None = None, *, allow_new_sources: bool = False) -> "MapStore":
+        """Open the map at ``url`` if it exists and was made for the same ``identity`` (grid, model, halo …, and
+        the input ``sources``: see ``check_identity``); create it otherwise. A mismatch raises ``StoreMismatch``
+        naming what differs — never mixes runs. A local store holding symlinks is refused (``check_no_symlinks``).
 
         Creating is safe to race: two runs creating one store write identical metadata.
         """
@@ -193,7 +194,8 @@ class MapStore:
         identity = {"grid": grid.to_json(), **identity}
         if store.exists():
             try:
-                store.check_identity(identity)
+                store.check_no_symlinks()
+                store.check_identity(identity, allow_new_sources=allow_new_sources, specs=provenance.get("sources", ()))
                 return store
             except NotAReefmapStore:
                 if not store._being_created():
@@ -219,10 +221,19 @@ class MapStore:
             return False
         return "reefmap" not in g.attrs and set(k for k, _ in g.members()) <= self._MEMBERS
 
-    def check_identity(self, identity: dict) -> None:
+    def check_identity(self, identity: dict, *, allow_new_sources: bool = False, specs=()) -> None:
+        """Refuse (``StoreMismatch``, naming each difference) to write this run into a store made with another
+        ``identity``: grid, model, halo, screen, bands, and ``sources``, the ``source_identity`` records of the input.
+
+        Sources: the store keeps the records of every input it accepted. A record it has not seen is refused unless
+        ``allow_new_sources`` (then it is added, and ``specs``, the run's public source specs, are appended to the
+        provenance's ``sources``); a store written before sources were recorded accepts and records it.
+        """
         have = self.attrs.get("identity", {})
         diffs = []
         for key, want in identity.items():
+            if key == "sources":
+                continue
             got = have.get(key)
             if key == "grid" and got is not None:
                 same = TileGrid.from_json(got).tile == TileGrid.from_json(want).tile and \
@@ -235,6 +246,38 @@ class MapStore:
             raise StoreMismatch(
                 f"store {self.url!r} was written by a different run configuration ({'; '.join(diffs)}); "
                 "refusing to mix them: use a new --out, or re-run with the store's model and parameters"
+            )
+        if "sources" in identity:
+            self._accept_sources(have.get("sources"), identity["sources"], allow_new_sources, list(specs))
+
+    def _accept_sources(self, known: list | None, run: list, allow_new: bool, specs: list) -> None:
+        new = [s for s in run if s not in (known or [])]
+        if not new:
+            return
+        if known is not None and not allow_new:
+            raise StoreMismatch(
+                f"store {self.url!r} was made from other input: {source_difference(known, new[0])}; refusing to "
+                "mix inputs in one map: use a new --out, or pass --allow-new-sources (allow_new_sources=True) to "
+                "extend this map with this input"
+            )
+        self._writable()
+        attrs = self.attrs
+        attrs["identity"] = {**attrs["identity"], "sources": [*(known or []), *new]}
+        attrs["sources"] = [*attrs.get("sources", []), *(s for s in specs if s not in attrs.get("sources", []))]
+        self.group.attrs["reefmap"] = attrs
+
+    def check_no_symlinks(self) -> None:
+        """Refuse (``StoreError``) a local store with a symlink among its folders: tiles written through it would land
+        outside the store. Checked once when a store is opened for writing, without following any link."""
+        if not urls.is_local(self.url):
+            return
+        links = store_symlinks(urls.local_path(self.url))
+        if links:
+            shown = ", ".join(links[:3]) + (f" and {len(links) - 3} more" if len(links) > 3 else "")
+            raise StoreError(
+                f"store {self.url!r} holds symlinks ({shown}): writing tiles through them would write outside the "
+                "store, so nothing was written. Replace each link with a real folder holding its files (e.g. copy "
+                "the store with `cp -rL STORE COPY` and resume into the copy), or use a new --out"
             )
 
     def _create(self, grid: TileGrid, identity: dict, provenance: dict) -> None:
@@ -438,6 +481,36 @@ class MapStore:
             if failed[iy, ix]:
                 out[(iy, ix)] = grp.attrs["error"]
         return out
+
+
+def store_symlinks(root: str) -> list[str]:
+    """The symlinks in the local store folder ``root``, found without following any: every entry of its group and
+    array folders and of each array's ``c/`` folder, not the chunk files below ``c/<row>/`` (a chunk is written as a
+    new file renamed over the old one, which replaces a link rather than writing through it)."""
+    found, todo = [], [root]
+    while todo:
+        folder = todo.pop()
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.is_symlink():
+                    found.append(e.path)
+                elif e.is_dir(follow_symlinks=False) and os.path.basename(folder) != "c":
+                    todo.append(e.path)
+    return sorted(found)
+
+
+def source_difference(known: list[dict], new: dict) -> str:
+    """How the input ``new`` (a ``source_identity`` record) differs from those a store was made from (``known``)."""
+    def where(s):
+        locs = s.get("locations") or []
+        shown = ", ".join(locs[:3]) + (f" (+{len(locs) - 3} more)" if len(locs) > 3 else "")
+        return f"{s.get('kind')} {shown or '(no location)'}"
+
+    same_place = [k for k in known if k.get("kind") == new.get("kind") and k.get("locations") == new.get("locations")]
+    if same_place:
+        return (f"this run reads {where(new)}, which the store also read, but the data there changed (metadata "
+                f"fingerprint {same_place[-1].get('fingerprint')} when the map was made, {new.get('fingerprint')} now)")
+    return f"the store has {'; '.join(where(k) for k in known)}, this run reads {where(new)}"
 
 
 def _short(v: Any) -> str:

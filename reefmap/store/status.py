@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from reefmap.sources import urls
 from reefmap.store.format import SKIPPED_STATES, TileState, is_finished
 from reefmap.store.mapstore import MapStore
 
@@ -25,7 +26,7 @@ def status(store: MapStore | str) -> dict:
     failed_in_plan = int((planned & (states == TileState.FAILED)).sum())
     pending = n_planned - finished_in_plan - failed_in_plan
     return {
-        "store": store.url,
+        "store": urls.redact(store.url),
         "tiles_total": int(states.size),
         "planned": n_planned,
         "done": done,

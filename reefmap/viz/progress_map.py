@@ -17,6 +17,7 @@ import numpy as np
 
 from reefmap.geometry.grid import GeoBox, Shape
 from reefmap.options import get_option
+from reefmap.sources import urls
 from reefmap.store.format import TileState, is_skipped
 from reefmap.store.mapstore import MapStore
 from reefmap.viz.render import LegendItem, MapPanel, render_map
@@ -109,7 +110,7 @@ def progress_png(store: MapStore | str, path: str | os.PathLike, *, scale: int |
     n_planned = int(planned.sum())
     finished = int((planned & (cats["done"] | cats["skipped"])).sum())
     pct = 100.0 * finished / n_planned if n_planned else 100.0
-    head = title or f"{store.url}"
+    head = title or urls.redact(store.url)
     sub = f"{n_planned} of {grid.count} tiles planned · {pct:.1f}% finished · grid {nx} x {ny} tiles of {grid.tile} px"
     legend = [LegendItem(f"done {counts['done']}", COLOURS["done"][0]),
               LegendItem(f"skipped {counts['skipped']}", COLOURS["skipped"][0]),
