@@ -210,30 +210,57 @@ def test_basic_auth_url_never_persisted_or_shown_even_when_tiles_fail(server, tm
     assert not [t for t in outputs if PASSWORD in t]
 
 
-def test_presigned_url_and_the_python_face(server, tmp_path, random_bundle):
-    """A presigned-style URL (?X-Amz-Signature=...&X-Amz-Credential=...): `open_mosaic(...).attrs` holds it redacted
-    (saving the DataArray writes no secret) while the run reads through the real one; re-signed, the URL keeps its
-    identity, so the resume is accepted; an error raised by a reader names the URL without the signature."""
+def test_presigned_url_through_the_cli_and_the_python_face(server, tmp_path, random_bundle):
+    """A presigned-style URL (?X-Amz-Signature=...&X-Amz-Credential=...): `reefmap run` reads through it (a
+    LocalCluster worker) and shows/stores it redacted; `open_mosaic(...).attrs` holds it redacted (saving the
+    DataArray writes no secret); re-signed, the URL keeps its identity, so a resume is accepted; an error raised by
+    a reader names the URL without the signature; GDAL probes no side-car file (it would print its signed URL)."""
     srv, www = server
     write_tif(www / "scene.tif", (600, 600), seed=6)
     url = f"http://127.0.0.1:{srv.port}/scene.tif?X-Amz-Credential={CREDENTIAL}&X-Amz-Signature={SIGNATURE}"
-    mosaic = open_mosaic(url, chunks=256)
-    assert SIGNATURE not in json.dumps(dict(mosaic.attrs)) and CREDENTIAL not in json.dumps(dict(mosaic.attrs))
-    assert "X-Amz-Signature=REDACTED" in mosaic.attrs["reefmap_source"]
-    mosaic.isel(band=0).drop_vars("spatial_ref").to_dataset(name="m").to_zarr(tmp_path / "saved.zarr", consolidated=False)
     out = tmp_path / "m.zarr"
-    s = run(mosaic, random_bundle.path, out, tile=256, client="inprocess", progress=False)
-    assert s.done + s.skipped == 9 and s.failed == 0
-    assert any(st == 206 for _, _, st in srv.log)
-    g = zarr.open_group(str(out), mode="r+")
-    g["tile_status"][2, 2] = int(TileState.PENDING)
+    rc, text, err = reefmap_cli("run", "--mosaic", url, "--model", random_bundle.path, "--out", out, "--tile", 256,
+                                "--workers", 1, "--json")
+    assert rc == 0 and json.loads(text)["done"] + json.loads(text)["skipped"] == 9, err[-3000:]
+    outputs = [text, err]
+    assert any(st == 206 for _, _, st in srv.log) and all(st != 401 for _, _, st in srv.log)
+    sources = zarr.open_group(str(out), mode="r").attrs["reefmap"]["sources"]
+    assert sources[0]["paths"] == [f"http://127.0.0.1:{srv.port}/scene.tif?X-Amz-Credential=REDACTED"
+                                   "&X-Amz-Signature=REDACTED"]
     resigned = open_mosaic(url.replace(SIGNATURE, SIGNATURE + "-2"), chunks=256)
+    assert SIGNATURE not in json.dumps(dict(resigned.attrs)) and CREDENTIAL not in json.dumps(dict(resigned.attrs))
+    assert "X-Amz-Signature=REDACTED" in resigned.attrs["reefmap_source"]
+    resigned.isel(band=0).drop_vars("spatial_ref").to_dataset(name="m").to_zarr(tmp_path / "saved.zarr",
+                                                                                 consolidated=False)
+    zarr.open_group(str(out), mode="r+")["tile_status"][2, 2] = int(TileState.PENDING)
     assert run(resigned, random_bundle.path, out, tile=256, client="inprocess", progress=False).computed == 1
     with pytest.raises(SourceNotFound) as e:  # refused by the server: the error names the URL, not the signature
         open_mosaic(url.replace(SIGNATURE, "S3CRET-SIG-WRONG"))
     assert "X-Amz-Signature=REDACTED" in str(e.value) and "S3CRET" not in str(e.value)
-    assert all(st != 401 for _, _, st in srv.log[:-1])  # no side-car probes (GDAL would print their signed URLs)
+    assert all(st != 401 for _, _, st in srv.log[:-1])
     assert secrets_in_tree(tmp_path) == []
+    assert not [t for t in outputs if SIGNATURE in t or CREDENTIAL in t]
+
+
+def test_status_and_the_progress_caption_show_a_store_url_without_credentials(tmp_path, monkeypatch):
+    """A map read through a URL with credentials (here an open group handle stands for the remote store): `status`
+    and the progress picture's caption name it redacted."""
+    import reefmap.viz.progress_map as pm
+    from reefmap.store.mapstore import MapStore
+    from reefmap.store.status import format_status, status
+
+    tif = write_tif(tmp_path / "a.tif", (300, 300), seed=1)
+    run(open_mosaic(tif), None, tmp_path / "m.zarr", tile=256, client="inprocess", progress=False)
+    url = f"http://alice:{PASSWORD}@127.0.0.1:9/m.zarr?X-Amz-Signature={SIGNATURE}"  # port 9: nothing listens
+    store = MapStore(url, mode="r", group=zarr.open_group(str(tmp_path / "m.zarr"), mode="r"))
+    shown = "http://***@127.0.0.1:9/m.zarr?X-Amz-Signature=REDACTED"
+    s = status(store)
+    assert s["store"] == shown and format_status(s).startswith(shown)
+    titles = []
+    render = pm.render_map
+    monkeypatch.setattr(pm, "render_map", lambda *a, **kw: titles.append(kw["title"]) or render(*a, **kw))
+    pm.progress_png(store, tmp_path / "p.png", coastline=False)
+    assert titles == [shown]
 
 
 def test_a_token_in_storage_options_stays_in_memory(gcs_fs, tmp_path, random_bundle, monkeypatch):

@@ -10,6 +10,7 @@ import numpy as np
 from reefmap.compute.tiles import TileJob, TileOutcome
 from reefmap.errors import ReefmapError
 from reefmap.planning.plan import Plan
+from reefmap.sources import urls
 from reefmap.store.format import TileState
 
 
@@ -48,7 +49,7 @@ def submit_bounded(groups: Iterable[np.ndarray], plan: Plan, job: TileJob, execu
                 f.cancel()
             raise
         except Exception as e:
-            msg = f"task lost: {type(e).__name__}: {e}"
+            msg = urls.redact_text(f"task lost: {type(e).__name__}: {e}")
             results = []
             for t in g:
                 job.store.mark(t, TileState.FAILED, msg)
