@@ -32,6 +32,7 @@ from affine import Affine
 from conftest import textured
 from reefmap.errors import SourceNotFound, StoreError, StoreMismatch
 from reefmap.execute.runner import run
+from reefmap.products.overviews import build_overviews
 from reefmap.sources import open_mosaic, reader_of
 from reefmap.sources.base import public_spec
 from reefmap.sources.urls import redact, redact_text
@@ -304,6 +305,8 @@ def test_a_symlinked_chunk_folder_is_refused_and_nothing_is_written_outside(tmp_
     with pytest.raises(StoreError, match=r"reef_probability/c/0.*outside the store.*cp -rL") as e:
         run(open_mosaic(tif), random_bundle.path, out, tile=256, client="inprocess", progress=False)
     assert "symlink" in str(e.value)
+    with pytest.raises(StoreError, match="symlinks"):  # overviews are written inside the map too
+        build_overviews(str(out))
     assert list(outside.iterdir()) == []
     assert (g["tile_status"][0, :] == TileState.PENDING).all()
 

@@ -373,8 +373,8 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
                 if not stop.is_set():
                     raise
                 # stopping at walltime: SLURM may already be killing the workers; what was in flight is redone later
-                lg.warning(f"{job}: tiles in flight were lost while stopping ({urls.redact_text(f'{type(e).__name__}: {e}')}); the next "
-                           "run redoes them")
+                why = urls.redact_text(f"{type(e).__name__}: {e}")
+                lg.warning(f"{job}: tiles in flight were lost while stopping ({why}); the next run redoes them")
                 summary.abandoned = True
             summary.rounds = blocks.rounds
             summary.compute_seconds = time.perf_counter() - t_compute

@@ -24,5 +24,8 @@ def status_keys(url: str, storage_options: dict, group) -> np.ndarray:
 
 
 def writable_group(url: str, storage_options: dict):
-    """The map's Zarr group opened for writing (overviews are written inside the map)."""
-    return MapStore(url, storage_options).group
+    """The map's Zarr group opened for writing (overviews are written inside the map); a local map with symlinks
+    among its folders is refused (``MapStore.check_no_symlinks``)."""
+    store = MapStore(url, storage_options)
+    store.check_no_symlinks()
+    return store.group

@@ -256,7 +256,7 @@ class MapStore:
             return
         if known is not None and not allow_new:
             raise StoreMismatch(
-                f"store {self.url!r} was made from other input: {source_difference(known, new[0])}; refusing to "
+                f"store {self.url!r} was made from other input: {_source_difference(known, new[0])}; refusing to "
                 "mix inputs in one map: use a new --out, or pass --allow-new-sources (allow_new_sources=True) to "
                 "extend this map with this input"
             )
@@ -499,7 +499,7 @@ def store_symlinks(root: str) -> list[str]:
     return sorted(found)
 
 
-def source_difference(known: list[dict], new: dict) -> str:
+def _source_difference(known: list[dict], new: dict) -> str:
     """How the input ``new`` (a ``source_identity`` record) differs from those a store was made from (``known``)."""
     def where(s):
         locs = s.get("locations") or []
