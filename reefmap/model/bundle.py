@@ -58,6 +58,8 @@ DTYPE_RANGES = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0), "int16": (-3276
 RESERVED_CODES = {CLASS_NODATA: "nodata", UNFINISHED: "unfinished", OUTSIDE: "outside"}
 #: colours of the built-in classes, for bundles of the older format (as the quick-look draws them)
 BUILTIN_COLORS = {"deep_water": "10286e", "shallow": "78c8d2", "reef": "ff503c", "land": "967846", "cloud": "ebebeb"}
+#: mlm:accelerator values (the hardware a model is meant for; reefmap runs every model on the CPU too)
+ACCELERATORS = ("cuda", "amd64", "xla", "amd-rocm", "intel-ipex-cpu", "intel-ipex-gpu", "macos-arm")
 MULTIHASH_SHA256 = "1220"  #: multihash prefix of a sha2-256 digest (code 0x12, 32 bytes)
 
 
@@ -203,6 +205,8 @@ def read_spec(spec: str | os.PathLike | dict) -> dict:
     if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get("name"), str)):
         raise InvalidParameter(f"{where}: 'architecture' must be {{name: tiny_unet|resnet34_unet, ...}}, got {arch!r}")
     out["architecture"] = arch
+    if out["accelerator"] not in ACCELERATORS:
+        raise InvalidParameter(f"{where}: 'accelerator' {out['accelerator']!r} is not one of {list(ACCELERATORS)} (MLM)")
     atype = spec.get("artifact_type")
     if atype is not None and atype not in ARTIFACT_FILES:
         raise InvalidParameter(f"{where}: 'artifact_type' {atype!r} is not one of {list(ARTIFACT_FILES)}")
