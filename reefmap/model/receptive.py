@@ -82,7 +82,7 @@ def measure_receptive_radius(net, bands: int, multiple: int, trials: int = 4, se
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    breadth = round_up(max(32, multiple), multiple)  # at the coarsest stride the strip may be one pixel wide
+    breadth = round_up(max(32, 2 * multiple), multiple)  # an export may refuse a 1-pixel-wide coarsest level
     length = round_up(128, 2 * multiple)
     while True:
         reach = max(_reach(net, bands, length, breadth, multiple, trials, gen, axis) for axis in (0, 1))
