@@ -29,7 +29,8 @@ def random_bundle(tmp_path_factory):
     import torch
 
     from reefmap.classes import CLASS_NAMES
-    from reefmap.model.segmenter import build_network, receptive_radius, save_bundle
+    from reefmap.model.architectures import analytic_receptive_radius, build_network
+    from reefmap.model.segmenter import save_bundle
 
     torch.manual_seed(1)
     arch = {"name": "tiny_unet", "in_channels": 3, "classes": len(CLASS_NAMES), "base": 4, "levels": 2}
@@ -40,7 +41,7 @@ def random_bundle(tmp_path_factory):
     meta = {
         "name": "test-random", "architecture": arch, "bands": ["red", "green", "blue"], "mean": [100.0, 110.0, 120.0],
         "std": [40.0, 40.0, 40.0], "valid_range": [0.0, 255.0], "classes": list(CLASS_NAMES),
-        "receptive_radius": receptive_radius(2), "halo": 32, "size_multiple": 4,
+        "receptive_radius": analytic_receptive_radius(arch), "halo": 32, "size_multiple": 4,
         "screen": {"deep_water": [[0, 30], [0, 60], [40, 120]], "land": [[120, 255], [100, 255], [0, 90]]},
         "training": {"data": "none (random weights, for tests)"},
     }

@@ -10,7 +10,7 @@ import pytest
 
 from reefmap.errors import ModelError
 from reefmap.model.bundle import DEMO_BUNDLE, read_bundle
-from reefmap.model.segmenter import build_network, receptive_radius
+from reefmap.model.architectures import analytic_receptive_radius, build_network
 
 
 def test_reading_a_bundle_and_planning_never_import_torch(random_bundle):
@@ -58,7 +58,8 @@ def test_content_hash_detects_tampering_and_errors_are_clear(random_bundle, tmp_
 def test_receptive_radius_bounds_the_measured_one(levels):
     import torch
 
-    net = build_network({"name": "tiny_unet", "in_channels": 3, "classes": 5, "base": 4, "levels": levels}).eval()
+    arch = {"name": "tiny_unet", "in_channels": 3, "classes": 5, "base": 4, "levels": levels}
+    net = build_network(arch).eval()
     torch.manual_seed(0)
     with torch.no_grad():
         for p in net.parameters():
@@ -73,5 +74,5 @@ def test_receptive_radius_bounds_the_measured_one(levels):
             d = (net(x2) - base).abs().sum(1)[0].numpy()
             rows = np.nonzero(d.sum(1) > 0)[0]
             reach = max(reach, abs(rows - (n // 2 + off)).max())
-    assert reach <= receptive_radius(levels)
-    assert receptive_radius(levels) - reach <= 2**levels + 4  # a bound, and not a loose one
+    assert reach <= analytic_receptive_radius(arch)
+    assert analytic_receptive_radius(arch) - reach <= 2**levels + 4  # a bound, and not a loose one

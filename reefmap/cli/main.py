@@ -91,11 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=600)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=cmd_train)
+    from reefmap.cli import bundle_cmds as cli_bundle
     from reefmap.cli import global_cmds as cli_global
     from reefmap.cli import query_cmds as cli_query
 
     cli_global.add_commands(sub)  # plan
     cli_query.add_commands(sub)  # query, stats, overviews
+    cli_bundle.add_commands(sub)  # bundle create|inspect|validate|convert
     return p
 
 

@@ -1,7 +1,7 @@
 """The segmenter: the protocol the tile steps call, and its torch implementation.
 
-``load_model`` builds a bundle's network (``reefmap.model.bundle``), once per process, on the GPU when
-present. This module and ``train`` are the only ones that import torch, and only inside functions.
+``load_model`` loads a bundle's network (``reefmap.model.bundle``; any of the artifact types of
+``reefmap.model.artifacts``), once per process, on the GPU when present. torch is imported only inside functions.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from reefmap.caching import LRUCache
-from reefmap.errors import ModelError
 from reefmap.options import get_option
+from reefmap.model.artifacts import load_network
 from reefmap.model.bundle import BundleMeta, read_bundle, write_bundle
 
 
@@ -30,64 +30,6 @@ class Segmenter(Protocol):
 
 
 # --- the torch side ------------------------------------------------------------------------------------------
-
-def receptive_radius(levels: int, convs_per_block: int = 2, kernel: int = 3) -> int:
-    """Receptive radius (pixels) of ``TinyUNet``: each 3x3 conv at depth d adds 2**d, pooling adds 2**d - ... ."""
-    r = 0
-    k = kernel // 2
-    for d in range(levels):  # encoder blocks at depth d, then a 2x2 pool
-        r += convs_per_block * k * 2**d
-        r += 2**d  # the 2x2 max-pool's extent at this depth
-    r += convs_per_block * k * 2**levels  # bottleneck
-    for d in reversed(range(levels)):  # upsample (nearest, no extent) + decoder block at depth d
-        r += 2**d  # the 2x upsample aligns within one coarse pixel
-        r += convs_per_block * k * 2**d
-    return r
-
-
-def build_network(architecture: dict):
-    """The torch module for an architecture dict (``{"name": "tiny_unet", "in_channels", "classes", "base", "levels"}``)."""
-    import torch
-    from torch import nn
-
-    if architecture.get("name") != "tiny_unet":
-        raise ModelError(f"unknown architecture {architecture.get('name')!r}; this reefmap knows 'tiny_unet'")
-
-    def block(i, o):
-        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(o, o, 3, padding=1), nn.ReLU(inplace=True))
-
-    class TinyUNet(nn.Module):
-        def __init__(self, in_channels: int, classes: int, base: int, levels: int):
-            super().__init__()
-            chans = [base * 2**i for i in range(levels + 1)]
-            self.down = nn.ModuleList()
-            c = in_channels
-            for ch in chans[:-1]:
-                self.down.append(block(c, ch))
-                c = ch
-            self.mid = block(c, chans[-1])
-            self.up = nn.ModuleList()
-            self.dec = nn.ModuleList()
-            for ch in reversed(chans[:-1]):
-                self.up.append(nn.Conv2d(ch * 2, ch, 1))
-                self.dec.append(block(ch * 2, ch))
-            self.head = nn.Conv2d(chans[0], classes, 1)
-
-        def forward(self, x):
-            skips = []
-            for blk in self.down:
-                x = blk(x)
-                skips.append(x)
-                x = torch.nn.functional.max_pool2d(x, 2)
-            x = self.mid(x)
-            for up, dec, s in zip(self.up, self.dec, reversed(skips)):
-                x = up(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
-                x = dec(torch.cat([x, s], 1))
-            return self.head(x)
-
-    a = architecture
-    return TinyUNet(int(a["in_channels"]), int(a["classes"]), int(a["base"]), int(a["levels"]))
-
 
 class TorchSegmenter:
     """A bundle's network on a device, predicting whole batches in ``inference_mode``.
@@ -106,10 +48,8 @@ class TorchSegmenter:
         self.device = torch.device(device)
         if threads:
             torch.set_num_threads(int(threads))
-        net = build_network(meta.architecture)
-        state = torch.load(Path(meta.path) / "weights.pt", map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-        self.net = net.eval().to(self.device, memory_format=torch.channels_last)
+        net = load_network(Path(meta.path) / meta.artifact, meta.artifact_type, meta.architecture)
+        self.net = net.to(self.device, memory_format=torch.channels_last)
         self._torch = torch
 
     def __reduce__(self):  # travels to workers as its bundle path; loaded once there
@@ -159,7 +99,7 @@ def _default_threads() -> int | None:
 
 
 def save_bundle(path: str | os.PathLike, net, meta: dict[str, Any]) -> BundleMeta:
-    """Write ``net``'s weights and ``meta`` as a bundle directory; returns the metadata as read back."""
+    """Write ``net``'s weights and ``meta`` as a ``reefmap-bundle/1`` directory; returns the metadata as read back."""
     import torch
 
     buf = io.BytesIO()

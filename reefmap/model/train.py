@@ -67,7 +67,8 @@ def train_bundle(out, config: TrainConfig = TrainConfig(), log=print):
     """Train on the synthetic world and write a bundle to ``out``; returns its ``BundleMeta``."""
     import torch
 
-    from reefmap.model.segmenter import build_network, receptive_radius, save_bundle
+    from reefmap.model.segmenter import save_bundle
+    from reefmap.model.architectures import analytic_receptive_radius, build_network
     from reefmap.synthetic.render import training_pairs
 
     cfg = config
@@ -130,7 +131,7 @@ def train_bundle(out, config: TrainConfig = TrainConfig(), log=print):
     log(f"held-out pixel accuracy {acc:.3f}, reef IoU {reef_iou:.3f}")
 
     m = 2**cfg.levels
-    r = receptive_radius(cfg.levels)
+    r = analytic_receptive_radius(arch)
     meta = {
         "name": f"reefmap-demo-tiny-unet-b{cfg.base}-l{cfg.levels}",
         "architecture": arch,
