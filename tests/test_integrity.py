@@ -285,3 +285,18 @@ def test_a_format1_map_is_read_status_queried_verified_and_resumed(finished, ref
     r = verify(finished)
     assert r["clean"] and r["unproven"] == 18 and r["intact"] == 2
     assert not (finished / "tiles" / "status").exists()  # still format 1: its states stay where they were
+
+
+def test_the_cli_run_takes_verify_and_the_demo_points_at_open_map(monkeypatch, capsys, tmp_path):
+    from reefmap.cli.main import build_parser
+
+    assert build_parser().parse_args(["run", "--out", "m.zarr", "--verify"]).verify is True
+    import reefmap.execute.demo as demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda out, **kw: {"summary": "ok", "store": str(tmp_path / "d.zarr"),
+                                                              "png": "p.png"})
+    code, out, _ = cli(capsys, "demo", "--out", tmp_path)
+    assert code == 0 and f"reefmap.open_map({str(tmp_path / 'd.zarr')!r})" in out and "xr.open_zarr" not in out
+    import reefmap
+
+    assert reefmap.verify is verify and "verify" in reefmap.__all__

@@ -253,11 +253,12 @@ def test_concurrent_plan_records_and_error_marks_never_remove_each_others_files(
 
     from affine import Affine
 
-    from reefmap.geometry.grid import GeoBox, Shape
+    from reefmap.geometry.grid import GeoBox, Shape, Window
     from reefmap.planning.plan import plan_tiles
 
     plan = plan_tiles(GeoBox(Shape(256, 256), Affine(10.0, 0, 0, 0, -10.0, 0), "EPSG:32618"), 64, 8)
     store = MapStore.create_or_open(tmp_path / "m.zarr", plan.grid, {"model": "x", "halo": 8}, {})
+    store.write_tile(Window(64, 128, 64, 128), np.full((64, 64), 9, np.uint8), np.full((64, 64), 2, np.uint8))
 
     def hammer(i):
         st = MapStore(store.url)  # each "run" has its own handle, as separate processes would
