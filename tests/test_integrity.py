@@ -18,7 +18,7 @@ from reefmap.errors import DamagedMap
 from reefmap.execute.runner import run
 from reefmap.products.query import query
 from reefmap.products.stats import stats
-from reefmap.store.format import CLASS_NODATA, PROOF_FIELDS, UNFINISHED, TileState
+from reefmap.store.format import CLASS_NODATA, FILL_VALUES, PROOF_FIELDS, UNFINISHED, TileState
 from reefmap.store.integrity import verify
 from reefmap.store.mapstore import MapStore
 from reefmap.store.status import status
@@ -254,7 +254,7 @@ def as_format1(path: Path) -> None:
     shutil.rmtree(path / "tiles")
     zj = path / "classification" / "zarr.json"
     meta = json.loads(zj.read_text())
-    meta["fill_value"] = 0
+    meta["fill_value"] = FILL_VALUES[1]["classification"]
     meta["attributes"]["flag_values"] = meta["attributes"]["flag_values"][:-1]
     meta["attributes"]["flag_meanings"] = meta["attributes"]["flag_meanings"].rsplit(" ", 1)[0]
     zj.write_text(json.dumps(meta))
