@@ -5,7 +5,7 @@ Prints:
    0.05° shallow-tropical raster): seconds, peak memory of a fresh process (ru_maxrss; tracemalloc for Python
    allocations), tiles that survive. Targets: < 10 s and < 1 GB on one core.
 2. progress at global scale: ``reefmap.store.status.status`` (and MapStore.states(), and the progress PNG) on
-   a store with the 737k-quad grid and N tiles with a state (tile_status chunks written directly, no model).
+   a store with the 737k-quad grid and N tiles with a state (state chunks written directly, no model).
 3. a simulated global run: pipelines/configs/caribbean-demo.yaml (the same quad tiles at zoom 10, 128 px, the
    reef-line mask keeping 242 tiles around the Caribbean) on the lazy synthetic world, through
    pipelines/global_run.py on the ``local`` cluster profile: tiles/s, Mpx/s; then a kill-and-resume: SIGKILL
@@ -96,15 +96,17 @@ def bench_status(work: Path, counts: list[int]) -> None:
         iy, ix = np.unravel_index(flat, tuple(grid.shape))
         vals = rng.choice([1, 1, 1, 1, 2, 3, 4, 9], size=n).astype(np.uint8)
         t = time.perf_counter()
-        root = path / "tile_status" / "c"  # the array's codec is bare `bytes`: a chunk file is the state byte
+        root = path / st.status_path / "c"  # the array's codec is bare `bytes`: a chunk file is the state byte
+        data = path / "classification" / "c"  # a finished tile has its data chunk (existence is what status checks)
         for y, x, v in zip(iy.tolist(), ix.tolist(), vals.tolist()):
-            (root / str(y)).mkdir(parents=True, exist_ok=True)
-            (root / str(y) / str(x)).write_bytes(bytes([v]))
+            for r, b in ((root, bytes([v])), (data, b"\0")):
+                (r / str(y)).mkdir(parents=True, exist_ok=True)
+                (r / str(y) / str(x)).write_bytes(b)
         t_write = time.perf_counter() - t
         sel = np.zeros(tuple(grid.shape), bool)
         sel[iy, ix] = True
         st.record_plan(Plan(grid, 0, sel))
-        assert np.array_equal(st.array("tile_status").vindex[iy[:50], ix[:50]], vals[:50])  # zarr reads them
+        assert np.array_equal(st.array(st.status_path).vindex[iy[:50], ix[:50]], vals[:50])  # zarr reads them
         t = time.perf_counter()
         s = status(str(path))
         t_status = time.perf_counter() - t

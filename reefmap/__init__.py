@@ -19,6 +19,7 @@ _LAZY = {
     "stats": "reefmap.products.stats",
     "synthetic_mosaic": "reefmap.synthetic.reader",
     "status": "reefmap.store.status",
+    "verify": "reefmap.store.integrity",
     "clear_caches": "reefmap.caching",
 }
 

@@ -82,6 +82,10 @@ class NotAReefmapStore(StoreError):
     """A path holds something that is not a reefmap map."""
 
 
+class DamagedMap(StoreError):
+    """A finished tile's stored chunk cannot be decoded (``reefmap verify --repair`` marks it for recomputing)."""
+
+
 class OutputExists(StoreError):
     """The output path exists and overwriting was not asked for."""
 

@@ -37,7 +37,7 @@ def write_map(path, geobox, tile, prob, cls, states, *, written=None, storage_op
     store = MapStore.create_or_open(str(path), grid, {"model": "synthetic"}, {"note": "test"}, storage_options)
     store.array("reef_probability")[...] = np.where(keep, prob, 255).astype(np.uint8)
     store.array("classification")[...] = np.where(keep, cls, 0).astype(np.uint8)
-    store.array("tile_status")[...] = states
+    store.array(store.status_path)[...] = states
     return store, per_pixel(states)
 
 

@@ -71,7 +71,7 @@ def test_a_corrupt_block_fails_its_tile_only_and_the_run_says_which(tmp_path, ra
     assert code == 1
     assert "1 tile(s) failed" in err and "(1, 1)" in err and "Traceback" not in err
     g = zarr.open_group(str(out), mode="r")
-    st = g["tile_status"][:]
+    st = g["tiles/status"][:]
     assert st[1, 1] == 9 and (st[0] != 0).all() and st[1, 0] != 0
     errs = {tuple(grp.attrs["tile"]): grp.attrs["error"] for _, grp in g["tile_errors"].groups()}
     assert list(errs) == [(1, 1)] and "bad.tif" in errs[(1, 1)]

@@ -438,7 +438,7 @@ def test_two_runs_on_one_store_at_once_give_the_same_map(tmp_path, random_bundle
     both = sum(r.computed for r in results.values())
     # the jobs cannot see each other's tiles in flight: pick_block keeps the tiles both computed to a few
     assert planned <= both <= planned + max(8, planned // 10), both - planned
-    for name in ("reef_probability", "classification", "tile_status"):
+    for name in ("reef_probability", "classification", "tiles/status", "tiles/proof"):
         a, b = _chunk_bytes(Path(cfg.out), name), _chunk_bytes(Path(ref_cfg.out), name)
         assert a and a.keys() <= b.keys(), name
         assert all(a[k] == b[k] for k in a), name  # byte-identical to the stopped-and-resumed single run
@@ -514,11 +514,12 @@ def _store_with_states(path, grid, n, seed=0):
     flat = np.sort(rng.choice(grid.count, size=n, replace=False))
     iy, ix = np.unravel_index(flat, tuple(grid.shape))
     vals = rng.choice([1, 1, 1, 2, 3, 4, 9], size=n).astype(np.uint8)
-    root = Path(path) / "tile_status" / "c"
+    root = Path(path) / st.status_path / "c"
+    data = Path(path) / "classification" / "c"  # a finished tile's data chunk must exist (its bytes are not read)
     for y, x, v in zip(iy.tolist(), ix.tolist(), vals.tolist()):
-        d = root / str(y)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / str(x)).write_bytes(bytes([v]))
+        for r, b in ((root, bytes([v])), (data, b"\0")):
+            (r / str(y)).mkdir(parents=True, exist_ok=True)
+            (r / str(y) / str(x)).write_bytes(b)
     sel = np.zeros(tuple(grid.shape), bool)
     sel[iy, ix] = True
     sel[::9, ::7] = True
@@ -529,11 +530,11 @@ def _store_with_states(path, grid, n, seed=0):
 def test_states_fast_path_matches_zarr_reads_on_a_global_grid(tmp_path):
     grid = web_mercator_quads(11, 256)  # 737k tiles
     st, iy, ix, vals = _store_with_states(tmp_path / "m.zarr", grid, 2000)
-    (tmp_path / "m.zarr" / "tile_status" / "c" / str(iy[0]) / "5.abc.partial").write_bytes(b"\x01")  # an orphan
+    (tmp_path / "m.zarr" / st.status_path / "c" / str(iy[0]) / "5.abc.partial").write_bytes(b"\x01")  # an orphan
     t0 = time.perf_counter()
     fast = st.states()
     assert time.perf_counter() - t0 < 5
-    assert np.array_equal(fast, st._states_via_zarr())
+    assert np.array_equal(fast, st._states_via_zarr()[0])
     assert (fast > 0).sum() == 2000 and np.array_equal(fast[iy, ix], vals)
 
 
@@ -543,10 +544,14 @@ def test_states_fast_path_on_an_fsspec_store(monkeypatch):
 
     st = MapStore.create_or_open("memory://reefmap-test-fast-states/m.zarr", web_mercator_quads(5, 256),
                                  {"model": "x", "halo": 0}, {})
-    st.mark((3, 4), TileState.DONE)
+    from reefmap.geometry.grid import Window
+
+    for (iy, ix), state in (((3, 4), TileState.DONE), ((0, 0), TileState.SKIPPED_LAND)):
+        st.write_tile(Window(iy * 256, iy * 256 + 256, ix * 256, ix * 256 + 256), np.full((256, 256), 7, np.uint8),
+                      np.full((256, 256), 4, np.uint8))  # a finished tile's data are there, with its proof
+        st.mark((iy, ix), state)
     st.mark((5, 6), TileState.FAILED, "boom")
-    st.mark((0, 0), TileState.SKIPPED_LAND)
-    want = st._states_via_zarr()
+    want = st._states_via_zarr()[0]
     monkeypatch.setattr(MapStore, "_states_via_zarr", lambda self: pytest.fail("fell back to the slow path"))
     got = st.states()
     assert np.array_equal(got, want) and (got > 0).sum() == 3 and got[5, 6] == TileState.FAILED

@@ -28,7 +28,7 @@ QUIET = RunOptions(progress=False)
 
 def layers(path):
     g = zarr.open_group(str(path), mode="r")
-    return g["reef_probability"][:], g["classification"][:], g["tile_status"][:]
+    return g["reef_probability"][:], g["classification"][:], g["tiles/status"][:]
 
 
 def test_runner_agrees_with_segment_and_store_decodes_like_it(memory_mosaic, random_bundle, tmp_path):
@@ -41,8 +41,8 @@ def test_runner_agrees_with_segment_and_store_decodes_like_it(memory_mosaic, ran
     np.testing.assert_array_equal(ds.classification.values, ref.classification.values)
     np.testing.assert_allclose(ds.reef_probability.values, ref.reef_probability.values, atol=1e-6, equal_nan=True)
     assert ds.rio.crs == da.rio.crs and ds.rio.transform() == da.rio.transform()
-    assert ds.classification.attrs["flag_meanings"] == "nodata deep_water shallow reef land cloud"
-    attrs = ds.attrs["reefmap"]
+    assert ds.classification.attrs["flag_meanings"] == "nodata deep_water shallow reef land cloud unfinished"
+    attrs = json.loads(ds.attrs["reefmap"])
     assert attrs["model"]["sha256"] == random_bundle.sha256 and attrs["parameters"]["halo"] == 32
     assert attrs["reefmap_version"].startswith("0.1.0") and attrs["sources"][0]["kind"] == "memory"
 
@@ -165,8 +165,8 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_map(zarr_mosa
     deadline = time.time() + 120
     killed_at = None
     while time.time() < deadline:
-        if (out / "tile_status" / "c").exists():
-            n = sum(len(f) for _, _, f in os.walk(out / "tile_status" / "c"))
+        if (out / "tiles" / "status" / "c").exists():
+            n = sum(len(f) for _, _, f in os.walk(out / "tiles" / "status" / "c"))
             if n >= 15:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed_at = n
@@ -253,11 +253,12 @@ def test_concurrent_plan_records_and_error_marks_never_remove_each_others_files(
 
     from affine import Affine
 
-    from reefmap.geometry.grid import GeoBox, Shape
+    from reefmap.geometry.grid import GeoBox, Shape, Window
     from reefmap.planning.plan import plan_tiles
 
     plan = plan_tiles(GeoBox(Shape(256, 256), Affine(10.0, 0, 0, 0, -10.0, 0), "EPSG:32618"), 64, 8)
     store = MapStore.create_or_open(tmp_path / "m.zarr", plan.grid, {"model": "x", "halo": 8}, {})
+    store.write_tile(Window(64, 128, 64, 128), np.full((64, 64), 9, np.uint8), np.full((64, 64), 2, np.uint8))
 
     def hammer(i):
         st = MapStore(store.url)  # each "run" has its own handle, as separate processes would

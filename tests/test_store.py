@@ -45,3 +45,42 @@ def test_grid_coordinates_are_what_rioxarray_reads(tmp_path):
     assert ds.rio.crs.to_epsg() == 32618 and tuple(ds.rio.transform())[:6] == tuple(GB.transform)[:6]
     assert spatial_ref_attrs(GB)["GeoTransform"].split()[0] == "200000.0"
     np.testing.assert_allclose(ds.x.values, GB.xs())
+
+
+def test_damaged_tile_states_read_as_pending_one_by_one_and_in_bulk_on_an_fsspec_store():
+    import fsspec
+
+    from reefmap.geometry.grid import Window
+
+    url = "memory://reefmap-test-damaged-states/m.zarr"
+    store, *_ = make_map(url, GB, 32, np.array([[D, D, F], [P, D, D]], np.uint8))
+    fs = fsspec.filesystem("memory")
+    root = "/reefmap-test-damaged-states/m.zarr/tiles/status/c"
+    fs.pipe(f"{root}/0/1", b"")  # empty
+    fs.pipe(f"{root}/1/2", b"\x01\x01")  # two bytes
+    fs.pipe(f"{root}/1/1", bytes([77]))  # not a state
+    scan = MapStore.open_readonly(url).scan_states()
+    assert scan.unreadable.tolist() == [[0, 1], [1, 1], [1, 2]]
+    np.testing.assert_array_equal(scan.states, [[D, P, F], [P, P, P]])
+    np.testing.assert_array_equal(MapStore.open_readonly(url).read_states([0, 0, 1, 1], [0, 1, 1, 2]), [D, P, P, P])
+    store.write_tile(Window(32, 64, 32, 64), np.zeros((32, 32), np.uint8), np.ones((32, 32), np.uint8))
+    store.mark((1, 1), D)  # a run recomputes it: readable again
+    assert MapStore.open_readonly(url).states()[1, 1] == D
+
+
+def test_a_finished_tile_whose_data_chunk_is_gone_reads_as_pending(tmp_path):
+    store, *_ = make_map(tmp_path / "m.zarr", GB, 32, np.full((2, 3), D, np.uint8))
+    (tmp_path / "m.zarr" / "classification" / "c" / "1" / "2").unlink()
+    scan = store.scan_states()
+    assert scan.missing.tolist() == [[1, 2]] and scan.states[1, 2] == P and (scan.states == D).sum() == 5
+    np.testing.assert_array_equal(store.read_states([1, 1], [1, 2]), [D, P])
+
+
+def test_provenance_is_a_json_string_and_format1_dicts_still_read():
+    from reefmap.store.format import decode_meta, encode_meta, format_version
+
+    meta = {"format": "reefmap-map/2", "grid": {"tile": 4}}
+    assert isinstance(encode_meta(meta), str) and decode_meta(encode_meta(meta)) == meta
+    assert decode_meta({"format": "reefmap-map/1"}) == {"format": "reefmap-map/1"}
+    assert decode_meta("not json") is None and decode_meta(3) is None
+    assert format_version({"format": "reefmap-map/1"}) == 1 and format_version({"format": "other/2"}) == 0

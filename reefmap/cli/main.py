@@ -24,6 +24,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--allow-new-sources", action="store_true",
                    help="extend an existing map made from another input with this mosaic (else refused)")
+    p.add_argument("--verify", action="store_true", help="check the finished tiles' chunks by checksum before skipping them")
 
 
 def cmd_run(a) -> int:
@@ -33,7 +34,8 @@ def cmd_run(a) -> int:
     over = {"mosaic": tuple(a.mosaic) if a.mosaic else None, "out": a.out, "model": a.model, "bbox": a.bbox,
             "tile": a.tile, "halo": a.halo, "workers": a.workers, "crs": a.crs, "screen": a.screen}
     cfg = RunConfig.from_yaml(a.config, **over) if a.config else RunConfig(**{k: v for k, v in over.items() if v is not None})
-    summary = run_config(cfg, progress=not a.json, raise_on_failure=False, allow_new_sources=a.allow_new_sources)
+    summary = run_config(cfg, progress=not a.json, raise_on_failure=False, allow_new_sources=a.allow_new_sources,
+                         verify=a.verify)
     print(json.dumps(summary.to_json(), indent=2) if a.json else summary)
     summary.raise_for_failures()
     return 0
@@ -44,7 +46,7 @@ def cmd_demo(a) -> int:
 
     result = run_demo(a.out, size=a.size, workers=a.workers, seed=a.seed)
     print(result["summary"])
-    print(f"map: {result['store']}\nquick-look: {result['png']}\nopen it: xr.open_zarr({result['store']!r})")
+    print(f"map: {result['store']}\nquick-look: {result['png']}\nopen it: reefmap.open_map({result['store']!r})")
     return 0
 
 
@@ -94,10 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     from reefmap.cli import bundle_cmds as cli_bundle
     from reefmap.cli import global_cmds as cli_global
     from reefmap.cli import query_cmds as cli_query
+    from reefmap.cli import verify_cmds as cli_verify
 
     cli_global.add_commands(sub)  # plan
     cli_query.add_commands(sub)  # query, stats, overviews
     cli_bundle.add_commands(sub)  # bundle create|inspect|validate|convert
+    cli_verify.add_commands(sub)  # verify
     return p
 
 

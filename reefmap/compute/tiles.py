@@ -159,7 +159,8 @@ def predict_tiles(job: TileJob, batch: TileBatch) -> TileBatch:
 
 
 def write_tiles(job: TileJob, batch: TileBatch) -> list[TileOutcome]:
-    """Step 3 (I/O): write each tile's layers, then its state (FAILED with the reason for a failed tile)."""
+    """Step 3 (I/O): write each tile's layers and their proof, then its state (FAILED with the reason for a failed
+    tile)."""
     t0 = time.perf_counter()
     store = job.store
     done = []
@@ -169,8 +170,7 @@ def write_tiles(job: TileJob, batch: TileBatch) -> list[TileOutcome]:
             done.append((task, int(TileState.FAILED), 0, str(item)))
             continue
         prob, cls, state = item
-        if state != TileState.SKIPPED_NODATA:  # an all-nodata tile equals the store's fill: nothing to write
-            store.write_tile(task.write, prob, cls)
+        store.write_tile(task.write, prob, cls)  # every finished tile: its chunks (nodata ones too), then its proof
         store.mark(task.index, state)
         done.append((task, int(state), task.write.shape.y * task.write.shape.x, None))
     timings = {**batch.timings, "write": time.perf_counter() - t0}

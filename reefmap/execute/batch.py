@@ -324,6 +324,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
     from reefmap.execute.progress import RunProgress
     from reefmap.execute.runner import prepare
     from reefmap.store.format import is_finished
+    from reefmap.store.integrity import states_for_run
 
     lg = logger or log
     stop = stop or threading.Event()
@@ -353,7 +354,10 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
         report(summary, cfg, lg, write_summary)
 
     try:
-        states = store.states()
+        states, damaged = states_for_run(store)  # finished tiles whose chunks are not there are recomputed
+        if damaged:
+            lg.warning(f"{job}: {len(damaged)} finished tile(s) were damaged and will be recomputed: "
+                       + "; ".join(f"{k[0]},{k[1]}: {v}" for k, v in list(damaged.items())[:5]))
         summary.finished_before = int((is_finished(states) & plan.selection).sum())
         progress = RunProgress(plan.count, summary.finished_before, every_s=cfg.log_every_s, job=job, logger=lg)
         lg.info(f"{job}: store {summary.store}: {summary.finished_before}/{plan.count} planned tiles already finished")

@@ -23,6 +23,7 @@ from reefmap.execute.progress import RunProgress
 from reefmap.planning.plan import Plan, plan_tiles
 from reefmap.sources import urls
 from reefmap.store.format import TileState, is_finished
+from reefmap.store.integrity import states_for_run
 from reefmap.store.mapstore import MapStore, code_version
 
 
@@ -39,6 +40,7 @@ class RunSummary:
     megapixels: float
     failures: dict = field(default_factory=dict)
     stopped: bool = False
+    damaged: dict = field(default_factory=dict)  #: tiles found damaged before the run (recomputed): {tile: problem}
 
     @property
     def mpx_per_s(self) -> float:
@@ -47,6 +49,7 @@ class RunSummary:
     def to_json(self) -> dict:
         d = asdict(self)
         d["failures"] = {f"{k[0]},{k[1]}": v for k, v in self.failures.items()}
+        d["damaged"] = {f"{k[0]},{k[1]}": v for k, v in self.damaged.items()}
         d["mpx_per_s"] = round(self.mpx_per_s, 3)
         return d
 
@@ -61,9 +64,13 @@ class RunSummary:
             f"Fix the input and re-run the same command: only unfinished tiles are computed", self.failures)
 
     def __str__(self) -> str:
-        return (f"{self.store}: {self.planned} tiles planned, {self.already_finished} already finished; "
+        text = (f"{self.store}: {self.planned} tiles planned, {self.already_finished} already finished; "
                 f"computed {self.computed}: done {self.done}, skipped {self.skipped}, failed {self.failed} "
                 f"in {self.seconds:.1f}s ({self.mpx_per_s:.2f} Mpx/s)")
+        if self.damaged:
+            listed = ", ".join(f"tile {k[0]},{k[1]}: {v}" for k, v in list(self.damaged.items())[:3])
+            text += f"; {len(self.damaged)} damaged tile(s) recomputed ({listed}{' ...' if len(self.damaged) > 3 else ''})"
+        return text
 
 
 def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: int = 1024,
@@ -122,6 +129,7 @@ class RunOptions:
     max_in_flight: int | None = None  #: tasks in flight at once; None: the executor's depth (``depth()``)
     progress: bool = True  #: a progress bar on stderr
     retry_failed: bool = True  #: compute again the tiles that failed in an earlier run
+    verify: bool = False  #: check the finished tiles' chunks by checksum (not only existence and size) first
 
 
 def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Distributed | None = None,
@@ -134,13 +142,16 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
     ``stop`` (a ``threading.Event``) ends the run early and cleanly (nothing new is submitted, tiles in flight finish;
     their writes are idempotent, so an abandoned one is simply redone by the next run) and the summary says
     ``stopped``. ``on_outcome`` is called with each ``TileOutcome``. ``states``: the store's tile states when the
-    caller has just read them (else they are read here).
+    caller has just read them (else they are read here, and the finished tiles checked: existence and size of their
+    chunks, or their checksums with ``options.verify``; damaged ones are recomputed and listed in ``damaged``).
     """
     if executor is None:
         with InProcess() as ex:
             return execute(plan, job, store, ex, options, stop=stop, on_outcome=on_outcome, states=states)
     t0 = time.perf_counter()
-    states = store.states() if states is None else states
+    damaged = {}
+    if states is None:
+        states, damaged = states_for_run(store, full=options.verify)
     finished = is_finished(states) if options.retry_failed else (states != TileState.PENDING)
     tiles = np.argwhere(plan.remaining(finished))
     progress = RunProgress(plan.count, plan.count - len(tiles), show="bar" if options.progress else None)
@@ -153,14 +164,15 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
         store=urls.redact(store.url), planned=plan.count, already_finished=plan.count - len(tiles), computed=progress.n,
         done=progress.counts["done"], skipped=progress.counts["skipped"], failed=progress.counts["failed"],
         seconds=time.perf_counter() - t0, megapixels=progress.pixels / 1e6, failures=dict(progress.failures),
-        stopped=bool(stop is not None and stop.is_set() and progress.n < len(tiles)),
+        stopped=bool(stop is not None and stop.is_set() and progress.n < len(tiles)), damaged=damaged,
     )
 
 
 def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: int = 1024, halo: int | None = None,
         screen: bool = True, client: Any = None, workers: int | None = None, batch: int = 1,
         max_in_flight: int | None = None, progress: bool = True, storage_options: dict | None = None,
-        raise_on_failure: bool = True, allow_new_sources: bool = False) -> RunSummary:
+        raise_on_failure: bool = True, allow_new_sources: bool = False,
+        verify: bool = False) -> RunSummary:
     """Map ``mosaic`` with ``model`` into the Zarr store ``out``; resumable and idempotent.
 
     ``client`` (the same meaning as in ``run_batch``, see :func:`~reefmap.execute.executors.open_executor`):
@@ -169,11 +181,13 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     file (``"slurm-gpu"``) is launched for this call with ``workers`` workers (SLURM jobs); a scheduler address is
     connected to; a ``distributed.Client`` is used as it is. Raises ``TileFailures`` (after finishing every other
     tile) when some tiles failed; each is recorded in the store with its reason. ``allow_new_sources``: extend an
-    existing map made from another input with this one (else refused, see :func:`prepare`).
+    existing map made from another input with this one (else refused, see :func:`prepare`). Finished tiles are
+    skipped after a cheap check that their chunks are there (existence and size; ``verify=True``: their checksums
+    too, reading them): damaged ones are recomputed and listed in the summary's ``damaged``.
     """
     plan, job, store = prepare(mosaic, model, out, bbox=bbox, bbox_crs=bbox_crs, tile=tile, halo=halo, screen=screen,
                                storage_options=storage_options, allow_new_sources=allow_new_sources)
-    options = RunOptions(batch=batch, max_in_flight=max_in_flight, progress=progress)
+    options = RunOptions(batch=batch, max_in_flight=max_in_flight, progress=progress, verify=verify)
     with open_executor(client, jobs=workers) as executor:
         summary = execute(plan, job, store, executor, options)
     if raise_on_failure:
@@ -182,11 +196,12 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
 
 
 def run_config(cfg: RunConfig, *, client: Any = None, progress: bool = True,
-               raise_on_failure: bool = True, allow_new_sources: bool = False) -> RunSummary:
+               raise_on_failure: bool = True, allow_new_sources: bool = False,
+               verify: bool = False) -> RunSummary:
     """:func:`run` as a ``RunConfig`` (``reefmap run`` flags or YAML) says: its mosaic files opened as one mosaic."""
     from reefmap.sources import open_mosaic
 
     mosaic = open_mosaic(list(cfg.mosaic) if len(cfg.mosaic) > 1 else cfg.mosaic[0], crs=cfg.crs)
     return run(mosaic, cfg.model, cfg.out, bbox=cfg.bbox, tile=cfg.tile, halo=cfg.halo, screen=cfg.screen,
                client=client, workers=cfg.workers, batch=cfg.batch, progress=progress,
-               raise_on_failure=raise_on_failure, allow_new_sources=allow_new_sources)
+               raise_on_failure=raise_on_failure, allow_new_sources=allow_new_sources, verify=verify)

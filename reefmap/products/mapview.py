@@ -29,12 +29,12 @@ from typing import Any, Iterable
 import numpy as np
 
 from reefmap.classes import CLASSES
-from reefmap.errors import InvalidParameter, NotAReefmapStore, UnknownLayer
+from reefmap.errors import DamagedMap, InvalidParameter, NotAReefmapStore, UnknownLayer
 from reefmap.geometry.grid import BBox, GeoBox, Shape, TileGrid, Window
 from reefmap.products import storeaccess
 from reefmap.sources import urls
-from reefmap.store.format import (CLASS_NODATA, DATA_VARS, OUTSIDE, PROB_NODATA, PROB_SCALE, STORE_FORMAT, UNFINISHED,
-                                  TileState, is_finished)
+from reefmap.store.format import (CLASS_NODATA, DATA_VARS, META_ATTR, OUTSIDE, PROB_NODATA, PROB_SCALE, STORE_FORMAT,
+                                  UNFINISHED, TileState, decode_meta, is_finished)
 from reefmap.store.mapstore import MapStore
 
 #: the data layers a query can return (``tile_state`` is always included)
@@ -149,7 +149,7 @@ class MapInfo:
         else:
             iy, ix = np.nonzero(mask)
         if len(iy):
-            out[iy, ix] = self.group["tile_status"].vindex[iy, ix]
+            out[iy, ix] = storeaccess.read_tile_states(self.url, self.storage_options, self.group, iy, ix)
         return out
 
     def tiles_mask(self, lvl: Level, windows: Iterable[Window]) -> np.ndarray:
@@ -221,13 +221,13 @@ def inspect_map(store, storage_options: dict | None = None) -> MapInfo:
         raise NotAReefmapStore(
             f"{url!r} is not a reefmap map: no Zarr v3 group there ({type(e).__name__}: {e}); "
             "give the path or URL of a map written by `reefmap run`") from None
-    meta = g.attrs.get("reefmap")
-    if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith(STORE_FORMAT.split("/")[0]):
+    meta = decode_meta(g.attrs.get(META_ATTR))
+    if meta is None or not str(meta.get("format", "")).startswith(STORE_FORMAT.split("/")[0]):
         raise NotAReefmapStore(
             f"{url!r} is a Zarr group but not a reefmap map (no 'reefmap' attributes with format {STORE_FORMAT!r}); "
             "give the path or URL of a map written by `reefmap run`")
     members = {k for k, _ in g.members()}
-    missing = {*DATA_VARS, "tile_status"} - members
+    missing = set(DATA_VARS) - members | (set() if storeaccess.has_tile_states(members) else {"tiles/status"})
     if missing:
         raise NotAReefmapStore(f"{url!r} has reefmap attributes but lacks {sorted(missing)}: an incomplete or "
                                "damaged map; re-run `reefmap run` with the same --out to finish creating it")
@@ -296,6 +296,18 @@ class LevelReader:
     def states_block(self, rows: slice, cols: slice) -> np.ndarray:
         return self.level.states_block(rows, cols)
 
+    def read_raw(self, var: str, rows: slice, cols: slice) -> np.ndarray:
+        """The stored uint8 codes of a block of a layer; ``DamagedMap`` naming the tile when they cannot be decoded."""
+        try:
+            return self.array(var)[rows, cols]
+        except Exception as e:
+            f, t = self.level.factor, self.level.tile
+            tile = f"{rows.start * f // t},{cols.start * f // t}"
+            where = f"overview level {self.level.index} at map tile" if self.level.index else "tile"
+            raise DamagedMap(
+                f"map {self.url!r}: the {var} chunk of {where} {tile} cannot be read ({type(e).__name__}: {e}); "
+                f"run `reefmap verify {self.url} --repair`, then `reefmap run` again to recompute it") from None
+
     def read_block(self, var: str, rows: slice, cols: slice) -> np.ndarray:
         """One block of a layer, decoded (see the module docstring); unfinished tiles are not read."""
         st = self.level.states_block(rows, cols)
@@ -303,7 +315,7 @@ class LevelReader:
             return st
         fin = is_finished(st)
         all_fin = bool(fin.all())
-        raw = self.array(var)[rows, cols] if all_fin or fin.any() else None
+        raw = self.read_raw(var, rows, cols) if all_fin or fin.any() else None
         if var == "classification":
             if raw is None:
                 return np.full(st.shape, UNFINISHED, np.uint8)

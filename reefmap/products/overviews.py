@@ -74,8 +74,8 @@ def _root_stats(reader: LevelReader, rows: slice, cols: slice) -> np.ndarray:
     out = np.zeros((_NSTAT, -(-h // 2), -(-w // 2)), np.int32)
     if not fin.any():
         return out
-    p = reader.array("reef_probability")[rows, cols]
-    c = reader.array("classification")[rows, cols]
+    p = reader.read_raw("reef_probability", rows, cols)
+    c = reader.read_raw("classification", rows, cols)
     valid = p != PROB_NODATA
     if not fin.all():
         valid &= fin

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from reefmap.store.format import STATUS_PATH, TILES_GROUP
 from reefmap.store.mapstore import MapStore
 
 
@@ -15,6 +16,17 @@ def open_group(url: str, storage_options: dict, mode: str = "r"):
 def read_states(url: str, storage_options: dict, group) -> np.ndarray:
     """All tile states of the map, read through the already open (read-only) ``group``."""
     return MapStore(url, storage_options, "r", group=group).states()
+
+
+def read_tile_states(url: str, storage_options: dict, group, iy, ix) -> np.ndarray:
+    """The states of the tiles ``(iy[k], ix[k])`` (unreadable ones, and finished ones whose data are missing, read
+    as pending: ``MapStore.read_states``)."""
+    return MapStore(url, storage_options, "r", group=group).read_states(iy, ix)
+
+
+def has_tile_states(members: set) -> bool:
+    """Do a map's root ``members`` hold its tile states (``tiles/status``, or a format-1 map's ``tile_status``)?"""
+    return bool(members & {TILES_GROUP, STATUS_PATH[1]})
 
 
 def status_keys(url: str, storage_options: dict, group) -> np.ndarray:

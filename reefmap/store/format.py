@@ -2,21 +2,39 @@
 
 Imports neither zarr nor numba: planning, status and the numba kernels all read their constants from here.
 
-- ``reef_probability`` uint8: p = value / PROB_SCALE, PROB_NODATA = nodata (CF ``scale_factor``/``_FillValue``);
-- ``classification`` uint8: the model's class codes, CLASS_NODATA = nodata;
+- ``reef_probability`` uint8: p = value / PROB_SCALE, PROB_NODATA = nodata (CF ``scale_factor``/``_FillValue``;
+  also its Zarr fill value: a pixel with no probability, nodata or unfinished, reads as NaN);
+- ``classification`` uint8: the model's class codes, CLASS_NODATA = nodata, UNFINISHED = not computed yet: its
+  Zarr fill value (format 2; format 1 filled with CLASS_NODATA), so a plain Zarr/xarray/GDAL reader sees a
+  pending tile as "unfinished", never as nodata or "no reef";
 - in query results and exports, UNFINISHED marks a pixel whose tile is not finished (pending or failed), and
   OUTSIDE a ``tile_state`` pixel outside the query geometry;
-- ``tile_status`` uint8 per tile: a ``TileState``.
+- ``tiles/status`` (format 1: root ``tile_status``) uint8 per tile: a ``TileState``;
+- ``tiles/proof`` uint64 per tile, PROOF_FIELDS: what proves a finished tile's data chunks are there (their
+  stored sizes and CRC32C; size 0 = no chunk expected), written after the chunks and before the state;
+- root attribute ``reefmap`` (META_ATTR): provenance as a JSON string (format 1: a nested dict), so the root's
+  attributes stay flat for NetCDF writers.
 """
 
 from __future__ import annotations
 
+import json
 from enum import IntEnum
 
 import numpy as np
 
-STORE_FORMAT = "reefmap-map/1"
+STORE_FORMAT = "reefmap-map/2"
+#: the format versions this code reads (and resumes)
+READABLE_FORMATS = (1, 2)
 DATA_VARS = ("reef_probability", "classification")
+META_ATTR = "reefmap"
+#: per-tile members (a group beside the pixel arrays, so every root array is on the pixel grid)
+TILES_GROUP = "tiles"
+STATUS_PATH = {1: "tile_status", 2: "tiles/status"}
+PROOF_PATH = "tiles/proof"
+#: one tile's proof: recorded (1), then per data layer (DATA_VARS order) the stored chunk's size and CRC32C
+PROOF_FIELDS = ("recorded", "reef_probability_size", "reef_probability_crc32c", "classification_size",
+                "classification_crc32c")
 
 #: reef_probability is stored as uint8: value = round(p * PROB_SCALE); PROB_NODATA marks nodata
 PROB_SCALE = 250
@@ -24,6 +42,9 @@ PROB_NODATA = 255
 CLASS_NODATA = 0
 #: classification (and uint8 probability exports): the pixel's tile is unfinished (pending or failed)
 UNFINISHED = 254
+#: the Zarr fill value (what a never-written chunk reads as) of each layer, per format version
+FILL_VALUES = {1: {"reef_probability": PROB_NODATA, "classification": CLASS_NODATA},
+               2: {"reef_probability": PROB_NODATA, "classification": UNFINISHED}}
 #: tile_state of a query: the pixel lies outside the query polygon
 OUTSIDE = 255
 
@@ -40,6 +61,28 @@ class TileState(IntEnum):
 SKIPPED_STATES = (TileState.SKIPPED_NODATA, TileState.SKIPPED_LAND, TileState.SKIPPED_DEEP_WATER)
 FINISHED_STATES = (TileState.DONE, *SKIPPED_STATES)
 FINISHED_CODES = np.array([int(s) for s in FINISHED_STATES], np.uint8)
+#: every valid state byte: anything else in a state chunk is unreadable (read as pending)
+STATE_CODES = np.array([int(s) for s in TileState], np.uint8)
+
+
+def format_version(meta: dict) -> int:
+    """The version number of a map's ``format`` ("reefmap-map/2" → 2)."""
+    name, _, ver = str(meta.get("format", "")).partition("/")
+    return int(ver) if name == STORE_FORMAT.split("/")[0] and ver.isdigit() else 0
+
+
+def decode_meta(value) -> dict | None:
+    """The root ``reefmap`` attribute as a dict: a JSON string (format 2) or a dict (format 1); None otherwise."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return dict(value) if isinstance(value, dict) else None
+
+
+def encode_meta(meta: dict) -> str:
+    return json.dumps(meta, sort_keys=True)
 
 
 def is_finished(states):

@@ -1,15 +1,24 @@
 """The output map: a Zarr v3 store on the mosaic's grid.
 
-Layout (one Zarr group; every object is written by exactly one tile, so writes never race):
+Layout (format ``reefmap-map/2``, one Zarr group; every object is written by exactly one tile, so writes never race):
 
-- ``reef_probability`` (y, x) uint8: p = value / 250 (``scale_factor``), 255 = nodata (``_FillValue``);
-- ``classification`` (y, x) uint8: CF ``flag_values`` 0..5 / ``flag_meanings`` (0 = nodata);
+- ``reef_probability`` (y, x) uint8: p = value / 250 (``scale_factor``), 255 = nodata (``_FillValue`` and Zarr fill
+  value: NaN for a plain xarray reader, which sees no probability where a pixel is nodata or unfinished);
+- ``classification`` (y, x) uint8: CF ``flag_values`` / ``flag_meanings``: 0 = nodata, the classes, 254 =
+  unfinished, which is also the Zarr fill value: a tile not computed yet reads as "unfinished", never as nodata;
 - ``x``, ``y`` pixel-centre coordinates and ``spatial_ref`` (CF grid mapping + GDAL ``GeoTransform``), so
-  ``xr.open_zarr(store).rio.crs`` / ``.rio.transform()`` are the mosaic's;
-- ``tile_status`` (tile_y, tile_x) uint8, one 1x1 chunk per tile: 0 pending, 1 done, 2/3/4 skipped
-  (nodata / land / deep water), 9 failed — written only after the tile's pixels are;
+  ``xr.open_zarr(store).rio.crs`` / ``.rio.transform()`` are the mosaic's; every root array is on the pixel grid,
+  so rioxarray's whole-Dataset operations (``clip_box``, ``reproject``) and ``to_netcdf`` work on it;
+- ``tiles/status`` (tile_y, tile_x) uint8, one 1x1 chunk per tile: 0 pending, 1 done, 2/3/4 skipped
+  (nodata / land / deep water), 9 failed — written only after the tile's pixels and proof are;
+- ``tiles/proof`` (tile_y, tile_x, 5) uint64, one chunk per tile (``PROOF_FIELDS``): the stored size and CRC32C of
+  each of the tile's data chunks (size 0: no chunk, the layer equals the fill value), written after the chunks;
+  read only by ``reefmap verify`` and by ``run`` before it skips finished tiles (``reefmap.store.integrity``);
 - ``tile_errors/t{iy}_{ix}`` groups whose attributes hold a tile's latest failure reason (read while its state is 9);
-- ``plans/{token}`` groups recording each run's plan; group attributes ``reefmap`` hold provenance.
+- ``plans/{token}`` groups recording each run's plan; the root attribute ``reefmap`` holds provenance as JSON.
+
+Format ``reefmap-map/1`` stores (root ``tile_status``, classification filled with 0, ``reefmap`` a dict) are read and
+resumed as they are; their new tiles get proofs too.
 
 Data chunks are the tiles: a tile writes whole chunks only, with deterministic content, so repeating a
 tile (after a kill, or from a second concurrent run) rewrites identical bytes.
@@ -21,6 +30,7 @@ import datetime as _dt
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,7 +40,9 @@ from reefmap.classes import CLASSES
 from reefmap.errors import NotAReefmapStore, StoreError, StoreMismatch
 from reefmap.geometry.grid import GeoBox, TileGrid, TileIndex, Window
 from reefmap.sources import urls
-from reefmap.store.format import CLASS_NODATA, PROB_NODATA, PROB_SCALE, STORE_FORMAT, TileState
+from reefmap.store.format import (CLASS_NODATA, FILL_VALUES, PROOF_FIELDS, PROOF_PATH, PROB_NODATA, PROB_SCALE,
+                                  STATE_CODES, STATUS_PATH, STORE_FORMAT, TILES_GROUP, UNFINISHED, DATA_VARS, TileState,
+                                  decode_meta, encode_meta, format_version, is_finished)
 
 _log = logging.getLogger(__name__)
 
@@ -101,8 +113,9 @@ class MapStore:
 
     ``mode="r"`` (or ``MapStore.open_readonly``) opens it read-only: what ``status``, queries and exports use;
     ``"r+"`` (the default) also writes tiles. The public read API: ``group`` (the checked Zarr group),
-    ``open_group`` (a fresh, unchecked handle), ``attrs``/``grid``, ``states``/``status_keys``/``read_states``,
-    ``plans``/``planned``/``errors``.
+    ``open_group`` (a fresh, unchecked handle), ``attrs``/``grid``/``version``, ``states``/``scan_states``/
+    ``status_keys``/``read_states``, ``plans``/``planned``/``errors``, and the raw chunk access the integrity checks
+    use (``chunk_sizes``, ``chunk_mask``, ``read_chunks``, ``chunk_bytes``, ``delete_chunk``, ``proofs``).
 
     What is cached: the Zarr group and array handles, opened once per ``MapStore`` (their metadata is fixed
     once the store is created). Nothing else: tile states, plans and errors are read afresh on every call.
@@ -118,6 +131,7 @@ class MapStore:
         self.mode = mode
         self._group = group
         self._arrays: dict[str, Any] = {}
+        self._version: int | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -166,7 +180,8 @@ class MapStore:
         return fs.exists(path.rstrip("/") + "/zarr.json")
 
     def array(self, name: str):
-        """The member ``name`` (an array, or the ``tile_errors``/``plans`` group), opened once."""
+        """The member ``name`` (an array, or the ``tile_errors``/``plans`` group; a path such as ``tiles/status``),
+        opened once."""
         a = self._arrays.get(name)
         if a is None:
             a = self._arrays[name] = self.group[name]
@@ -174,7 +189,28 @@ class MapStore:
 
     @property
     def attrs(self) -> dict:
-        return dict(self.group.attrs["reefmap"])
+        """The root ``reefmap`` attribute (provenance, identity, grid) as a dict, whatever the format version."""
+        meta = decode_meta(self.group.attrs["reefmap"])
+        if meta is None:
+            raise NotAReefmapStore(f"{self.url!r} has a 'reefmap' attribute that is neither JSON nor a mapping; "
+                                   "point at a store written by reefmap")
+        return meta
+
+    @property
+    def version(self) -> int:
+        """The store's format version (1 or 2; see ``reefmap.store.format``), read once."""
+        if self._version is None:
+            v = format_version(self.attrs)
+            if v not in STATUS_PATH:
+                raise NotAReefmapStore(f"{self.url!r} has map format {self.attrs.get('format')!r}, which this "
+                                       f"reefmap cannot read (it reads {STORE_FORMAT} and earlier); upgrade reefmap")
+            self._version = v
+        return self._version
+
+    @property
+    def status_path(self) -> str:
+        """Where the tile states live: ``tiles/status`` (format 2) or ``tile_status`` (format 1)."""
+        return STATUS_PATH[self.version]
 
     @property
     def grid(self) -> TileGrid:
@@ -211,7 +247,7 @@ class MapStore:
         store.check_identity(identity)  # a concurrent creator with another configuration may have won
         return store
 
-    _MEMBERS = {"spatial_ref", "x", "y", "reef_probability", "classification", "tile_status", "tile_errors", "plans"}
+    _MEMBERS = {"spatial_ref", "x", "y", "reef_probability", "classification", TILES_GROUP, "tile_errors", "plans"}
 
     def _being_created(self) -> bool:
         """A Zarr group holding only reefmap's members but no root attributes yet: another run is creating it."""
@@ -301,27 +337,34 @@ class MapStore:
                 return None
 
         write_grid_coords(g, grid.geobox, t)
+        fills = FILL_VALUES[2]
         create_array(
-            "reef_probability", shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=PROB_NODATA,
+            "reef_probability", shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=fills["reef_probability"],
             dimension_names=["y", "x"],
             attributes={**common, "_FillValue": PROB_NODATA, "scale_factor": 1.0 / PROB_SCALE, "add_offset": 0.0,
+                        "valid_range": [0, PROB_SCALE],
                         "long_name": "probability that the pixel is coral reef", "units": "1",
-                        "comment": f"stored as uint8: probability = value / {PROB_SCALE}; {PROB_NODATA} = nodata"},
+                        "comment": f"stored as uint8: probability = value / {PROB_SCALE}; {PROB_NODATA} (NaN once "
+                                   "decoded) = no probability: nodata, or a tile not computed yet; classification "
+                                   f"tells which ({CLASS_NODATA} nodata, {UNFINISHED} unfinished)"},
         )
         create_array(
-            "classification", shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=CLASS_NODATA,
+            "classification", shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=fills["classification"],
             dimension_names=["y", "x"],
-            attributes={**common, "flag_values": [CLASS_NODATA, *CLASSES.values()],
-                        "flag_meanings": " ".join(["nodata", *CLASSES]), "nodata": CLASS_NODATA,
-                        "long_name": "benthic/surface class (argmax of the model's class probabilities)"},
+            attributes={**common, "flag_values": [CLASS_NODATA, *CLASSES.values(), UNFINISHED],
+                        "flag_meanings": " ".join(["nodata", *CLASSES, "unfinished"]), "nodata": CLASS_NODATA,
+                        "long_name": "benthic/surface class (argmax of the model's class probabilities)",
+                        "comment": f"{UNFINISHED} = unfinished: the pixel's tile is not computed yet (pending or "
+                                   f"failed; the array's fill value); {CLASS_NODATA} = nodata in the input"},
         )
         create_array(
-            "tile_status", shape=tuple(grid.shape), chunks=(1, 1), dtype="uint8", fill_value=0, compressors=None,
+            STATUS_PATH[2], shape=tuple(grid.shape), chunks=(1, 1), dtype="uint8", fill_value=0, compressors=None,
             dimension_names=["tile_y", "tile_x"],
             attributes={"flag_values": [int(s) for s in TileState],
                         "flag_meanings": " ".join(s.name.lower() for s in TileState), "tile_size": t,
-                        "long_name": "per-tile completion state, written after the tile's pixels"},
+                        "long_name": "per-tile completion state, written after the tile's pixels and proof"},
         )
+        self._create_proofs(g, tuple(grid.shape))
         for name in ("tile_errors", "plans"):
             try:
                 g.require_group(name)
@@ -331,11 +374,26 @@ class MapStore:
         if "reefmap" in g.attrs:
             self._group = None
             return
-        g.attrs["reefmap"] = {
+        g.attrs["reefmap"] = encode_meta({
             "format": STORE_FORMAT, "identity": identity, "grid": grid.to_json(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **provenance,
-        }
+        })
         self._group = None
+
+    @staticmethod
+    def _create_proofs(g, tiles_shape: tuple[int, int]):
+        """Create ``tiles/proof`` in the root group ``g`` unless it exists; return it."""
+        from zarr.errors import ContainsArrayError, ContainsGroupError
+
+        try:
+            return g.create_array(
+                PROOF_PATH, shape=(*tiles_shape, len(PROOF_FIELDS)), chunks=(1, 1, len(PROOF_FIELDS)), dtype="uint64",
+                fill_value=0, compressors=None, dimension_names=["tile_y", "tile_x", "field"], overwrite=False,
+                attributes={"fields": list(PROOF_FIELDS), "hash": "crc32c",
+                            "long_name": "per finished tile, the stored size and CRC32C of each data chunk (size 0: "
+                                         "no chunk), written after the chunks and before the tile's state"})
+        except (ContainsArrayError, ContainsGroupError):
+            return g[PROOF_PATH]
 
     # -- tile writes -------------------------------------------------------------------------------------------
     def _writable(self) -> None:
@@ -343,14 +401,30 @@ class MapStore:
             raise StoreError(f"map {self.url!r} was opened read-only; open it with MapStore(url) to write tiles")
 
     def write_tile(self, write: Window, prob: np.ndarray, cls: np.ndarray) -> None:
-        """Write one tile's layers (whole, aligned chunks: idempotent and race-free)."""
+        """Write one tile's layers (whole, aligned chunks: idempotent and race-free), then its proof: the size and
+        CRC32C of each chunk as stored, read back (a layer equal to the array's fill value is stored as no chunk:
+        size 0). Call ``mark`` after it: a tile's state is written only after its data and proof."""
         self._writable()
         rs, cs = write.slices
-        self.array("reef_probability")[rs, cs] = prob
-        self.array("classification")[rs, cs] = cls
+        t = self.array("reef_probability").chunks[0]  # the data chunks are the tiles
+        tile = (write.row_start // t, write.col_start // t)
+        proof = [1]
+        for name, a in zip(DATA_VARS, (prob, cls)):
+            self.array(name)[rs, cs] = a
+            proof += chunk_proof(self.chunk_bytes(name, tile))
+        self.proof_array()[tile[0], tile[1], :] = np.array(proof, np.uint64)
+
+    def proof_array(self):
+        """``tiles/proof``, created on the first write into a format-1 store (which has none)."""
+        try:
+            return self.array(PROOF_PATH)
+        except KeyError:
+            self._writable()
+            a = self._arrays[PROOF_PATH] = self._create_proofs(self.group, tuple(self.grid.shape))
+            return a
 
     def mark(self, idx: TileIndex, state: TileState, error: str | None = None) -> None:
-        """Record a tile's state — call only after its pixels are written."""
+        """Record a tile's state — call only after its pixels are written (``write_tile``)."""
         self._writable()
         iy, ix = int(idx[0]), int(idx[1])
         errs = self.array("tile_errors")
@@ -360,7 +434,7 @@ class MapStore:
                                    "time": _dt.datetime.now(_dt.timezone.utc).isoformat()})
         # a later success leaves the record: it is read only while the tile's state is FAILED (``errors()``), and
         # deleting it could remove the files of another run recording the same tile's failure at that moment
-        self.array("tile_status")[iy, ix] = int(state)
+        self.array(self.status_path)[iy, ix] = int(state)
 
     def record_plan(self, plan) -> None:
         self._writable()
@@ -368,97 +442,240 @@ class MapStore:
 
     # -- reading state -----------------------------------------------------------------------------------------
     def states(self) -> np.ndarray:
-        """Tile states as a uint8 array over the tile grid (0 = pending).
+        """Tile states as a uint8 array over the tile grid (0 = pending); see ``scan_states``."""
+        return self.scan_states().states
 
-        Reads the raw 1-byte ``tile_status`` chunk objects in bulk (``os.scandir`` + plain reads locally; fsspec
-        ``find`` + concurrent ``cat`` remotely), ~30x faster than one zarr codec-pipeline read per chunk (50k
-        states: about a second). Falls back to zarr reads (``_states_via_zarr``) whenever the array is not laid
-        out as this store writes it (1x1 chunks, the bare ``bytes`` codec, "/"-separated default chunk keys).
+    def scan_states(self) -> "StateScan":
+        """Every tile's state, read in bulk, and the tiles whose state cannot be trusted, read as pending.
+
+        Reads the raw 1-byte state chunks in bulk (``os.scandir`` + plain reads locally; fsspec ``find`` + concurrent
+        ``cat`` remotely), ~30x faster than one zarr codec-pipeline read per chunk (50k states: about a second);
+        falls back to zarr reads whenever the array is not laid out as this store writes it (1x1 chunks, the bare
+        ``bytes`` codec, "/"-separated default chunk keys). A state chunk that is not one valid state byte (empty,
+        truncated, random) is *unreadable*: that tile reads as pending, so a run recomputes it (never does one tile
+        make the store unusable). In a format-2 store a finished tile always has a ``classification`` chunk: one
+        listing of that array finds the finished tiles whose data are *missing*, also read as pending.
         """
         try:
-            arr = self.array("tile_status")
+            arr = self.array(self.status_path)
             meta = arr.metadata
             codecs = getattr(meta, "codecs", ())
             ok = (getattr(meta, "zarr_format", None) == 3 and len(codecs) == 1 and type(codecs[0]).__name__ == "BytesCodec"
                   and tuple(meta.chunk_grid.chunk_shape) == (1, 1) and type(meta.chunk_key_encoding).__name__ ==
                   "DefaultChunkKeyEncoding" and meta.chunk_key_encoding.separator == "/" and np.dtype(arr.dtype) == np.uint8)
-            if not ok:
-                return self._states_via_zarr()
-            out = np.zeros(arr.shape, np.uint8)
-            url = self.url
-            if urls.is_local(url):
-                root = os.path.join(url, "tile_status", "c")
-                if not os.path.isdir(root):
-                    return out
-                for drow in os.scandir(root):
-                    if not drow.name.isdigit():
-                        continue
-                    iy = int(drow.name)
-                    for f in os.scandir(drow.path):
-                        if not f.name.isdigit():  # skips orphaned *.partial files (as _status_chunk_key does)
-                            continue
-                        try:
-                            with open(f.path, "rb") as fh:
-                                b = fh.read()
-                        except FileNotFoundError:  # deleted (rewritten as fill = pending) since the listing
-                            continue
-                        if len(b) != 1:
-                            return self._states_via_zarr()
-                        out[iy, int(f.name)] = b[0]
-                return out
-            import fsspec
-
-            fs, root = fsspec.core.url_to_fs(url, **self.storage_options)
-            prefix = root.rstrip("/") + "/tile_status/c/"
-            try:
-                paths = fs.find(prefix)
-            except FileNotFoundError:
-                return out
-            paths = [p for p in paths if _status_chunk_key(p[len(prefix):]) is not None]
-            blobs = fs.cat(paths, on_error="omit") if paths else {}
-            for p, b in blobs.items():
-                key = _status_chunk_key(p.split("tile_status/c/", 1)[-1])
-                if key is None:
-                    continue
-                if len(b) != 1:
-                    return self._states_via_zarr()
-                out[key] = b[0]
-            return out
         except Exception as e:  # anything unexpected: the slow, sure path
-            _log.debug(f"states() fell back to zarr reads: {type(e).__name__}: {e}")
-            return self._states_via_zarr()
+            _log.debug(f"scan_states() falls back to zarr reads: {type(e).__name__}: {e}")
+            ok = False
+        if ok:
+            out = np.zeros(arr.shape, np.uint8)
+            unreadable = []
+            for key, b in self.read_chunks(self.status_path).items():
+                if len(b) == 1 and _VALID_STATE[b[0]]:
+                    out[key] = b[0]
+                else:
+                    unreadable.append(key)
+        else:
+            out, unreadable = self._states_via_zarr()
+        missing = np.zeros((0, 2), np.int64)
+        if self.version >= 2:
+            lost = is_finished(out) & ~self.chunk_mask("classification")
+            if lost.any():
+                missing = np.argwhere(lost)
+                out[lost] = TileState.PENDING
+        return StateScan(out, np.array(sorted(unreadable), np.int64).reshape(-1, 2), missing)
 
-    def _states_via_zarr(self) -> np.ndarray:
-        """``states()`` through zarr: one codec-pipeline read per tile that has a state (the sure, slow path)."""
-        arr = self.array("tile_status")
+    def _states_via_zarr(self) -> tuple[np.ndarray, list]:
+        """States through zarr (one codec-pipeline read per tile with a state: the sure, slow path), and the tiles
+        whose state is unreadable."""
+        arr = self.array(self.status_path)
         out = np.zeros(arr.shape, np.uint8)
         keys = self.status_keys()
-        if keys:
-            iy, ix = np.array(keys, dtype=np.int64).T
-            out[iy, ix] = arr.vindex[iy, ix]
-        return out
+        if not keys:
+            return out, []
+        iy, ix = np.array(keys, dtype=np.int64).T
+        vals, bad = self._read_status_values(iy, ix)
+        out[iy, ix] = vals
+        return out, [(int(y), int(x)) for y, x in zip(iy[bad], ix[bad])]
+
+    def _read_status_values(self, iy: np.ndarray, ix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The state bytes of tiles ``(iy, ix)`` through zarr, and which could not be read (those read 0)."""
+        arr = self.array(self.status_path)
+        try:
+            vals = np.asarray(arr.vindex[iy, ix], np.uint8)
+        except Exception:  # one damaged chunk fails the whole read: read tile by tile
+            vals = np.zeros(len(iy), np.uint8)
+            failed = np.zeros(len(iy), bool)
+            for k, (y, x) in enumerate(zip(iy.tolist(), ix.tolist())):
+                try:
+                    vals[k] = arr[y, x]
+                except Exception:
+                    failed[k] = True
+            bad = failed | ~_VALID_STATE[vals]
+            return np.where(bad, np.uint8(0), vals).astype(np.uint8), bad
+        bad = ~_VALID_STATE[vals]
+        return np.where(bad, np.uint8(0), vals).astype(np.uint8), bad
 
     def read_states(self, iy, ix) -> np.ndarray:
         """The states (uint8) of the tiles ``(iy[k], ix[k])``: one read per tile, for a few selected tiles
-        (``states()`` reads them all in bulk)."""
+        (``states()`` reads them all in bulk). Untrustworthy states read as pending, as in ``scan_states``."""
         iy, ix = np.asarray(iy, np.int64).ravel(), np.asarray(ix, np.int64).ravel()
         if not len(iy):
             return np.zeros(0, np.uint8)
-        return np.asarray(self.array("tile_status").vindex[iy, ix], np.uint8)
+        vals, _ = self._read_status_values(iy, ix)
+        if self.version >= 2:
+            fin = np.flatnonzero(is_finished(vals))
+            if len(fin) > self.DIRECT_CHECKS:
+                have = self.chunk_mask("classification")[iy[fin], ix[fin]]
+            else:
+                have = np.array([self.chunk_exists("classification", (iy[k], ix[k])) for k in fin], bool)
+            vals[fin[~have]] = TileState.PENDING
+        return vals
+
+    #: above this many tiles, ``read_states`` lists a data array's chunks instead of asking for each
+    DIRECT_CHECKS = 64
 
     def status_keys(self) -> list[tuple[int, int]]:
-        """``(iy, ix)`` of every tile with a recorded state (one listing of the ``tile_status`` chunks; a tile
+        """``(iy, ix)`` of every tile with a recorded state (one listing of the state chunks; a tile
         without one is pending)."""
         from zarr.core.sync import sync
 
         store = self.group.store_path.store
-        prefix = (self.group.store_path.path + "/" if self.group.store_path.path else "") + "tile_status/c/"
+        prefix = self.array(self.status_path).path + "/c/"
 
         async def _list():
             return [k async for k in store.list_prefix(prefix)]
 
-        keys = (_status_chunk_key(k[len(prefix):]) for k in sync(_list()))
+        keys = (_chunk_key(k[len(prefix):]) for k in sync(_list()))
         return [k for k in keys if k is not None]
+
+    # -- raw chunks (what proves a finished tile's data are there) ----------------------------------------------
+    def _chunk_files(self, path: str, sizes: bool):
+        """``(tile, file, size or None)`` of every stored chunk of the member ``path`` (``tile``: its first two
+        chunk coordinates): ``os.scandir`` locally, one fsspec ``find`` remotely. Orphaned ``*.partial`` files of
+        interrupted writes are not chunks."""
+        ndim = len(self.array(path).shape)
+        if urls.is_local(self.url):
+            def walk(d, depth, key):
+                try:
+                    it = os.scandir(d)
+                except (FileNotFoundError, NotADirectoryError):
+                    return
+                with it:
+                    for e in it:
+                        if not e.name.isdigit():
+                            continue
+                        k = (*key, int(e.name))
+                        if depth > 1:
+                            yield from walk(e.path, depth - 1, k)
+                            continue
+                        try:
+                            size = e.stat().st_size if sizes else None
+                        except FileNotFoundError:  # deleted since the listing
+                            continue
+                        yield k[:2], e.path, size
+
+            yield from walk(os.path.join(self.url, *path.split("/"), "c"), ndim, ())
+            return
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        prefix = f"{root.rstrip('/')}/{path}/c/"
+        try:
+            found = fs.find(prefix, detail=True)
+        except FileNotFoundError:
+            return
+        for p, info in found.items():
+            key = _chunk_key(p[len(prefix):], ndim)
+            if key is not None:
+                yield key, p, info.get("size")
+
+    def chunk_mask(self, path: str) -> np.ndarray:
+        """Which tiles have a stored chunk of the member ``path`` (bool over the tile grid; one listing)."""
+        out = np.zeros(tuple(self.grid.shape), bool)
+        keys = [k for k, _, _ in self._chunk_files(path, sizes=False)]
+        if keys:
+            iy, ix = np.array(keys, np.int64).T
+            ok = (iy < out.shape[0]) & (ix < out.shape[1])
+            out[iy[ok], ix[ok]] = True
+        return out
+
+    def chunk_sizes(self, path: str) -> dict[tuple[int, int], int]:
+        """``{tile: stored size in bytes}`` of every chunk of the member ``path`` (one listing with sizes)."""
+        return {k: int(size) for k, _, size in self._chunk_files(path, sizes=True)}
+
+    def read_chunks(self, path: str, tiles=None) -> dict[tuple[int, int], bytes]:
+        """``{tile: stored bytes}`` of the chunks of the member ``path`` (all of them, or those of ``tiles``),
+        read in bulk as stored (still encoded): small chunks only (the states, the proofs)."""
+        return {k: b for k, b in self._chunk_contents(path, tiles, batch=None)}
+
+    def chunk_digests(self, path: str, tiles=None) -> dict[tuple[int, int], tuple[int, int]]:
+        """``{tile: (size, CRC32C)}`` of the stored chunks of the member ``path`` (all, or those of ``tiles``),
+        each read and hashed in turn (memory stays one batch of chunks)."""
+        return {k: tuple(chunk_proof(b)) for k, b in self._chunk_contents(path, tiles)}
+
+    def _chunk_contents(self, path: str, tiles=None, batch: int | None = 64):
+        """``(tile, stored bytes)`` of the stored chunks of ``path`` (all, or those of ``tiles``), one listing, then
+        plain reads locally or concurrent fsspec ``cat`` of ``batch`` chunks at a time remotely (None: all)."""
+        files = [(k, f) for k, f, _ in self._chunk_files(path, sizes=False)]
+        if tiles is not None:
+            want = set(map(tuple, tiles))
+            files = [(k, f) for k, f in files if k in want]
+        if urls.is_local(self.url):
+            for k, f in files:
+                try:
+                    with open(f, "rb") as fh:
+                        b = fh.read()
+                except FileNotFoundError:  # deleted since the listing
+                    continue
+                yield k, b
+            return
+        import fsspec
+
+        fs, _ = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        batch = batch or max(1, len(files))
+        for i in range(0, len(files), batch):
+            part = files[i:i + batch]
+            blobs = fs.cat([f for _, f in part], on_error="omit")
+            yield from ((k, blobs[f]) for k, f in part if f in blobs)
+
+    def _data_key(self, name: str, tile) -> str:
+        arr = self.array(name)
+        coords = (int(tile[0]), int(tile[1]), *([0] * (len(arr.shape) - 2)))
+        return f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}"
+
+    def chunk_bytes(self, name: str, tile) -> bytes | None:
+        """The stored (encoded) bytes of tile ``tile``'s chunk of the member ``name``; None when there is none."""
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        buf = sync(self.group.store_path.store.get(self._data_key(name, tile), prototype=default_buffer_prototype()))
+        return None if buf is None else buf.to_bytes()
+
+    def chunk_exists(self, name: str, tile) -> bool:
+        from zarr.core.sync import sync
+
+        return bool(sync(self.group.store_path.store.exists(self._data_key(name, tile))))
+
+    def delete_chunk(self, name: str, tile) -> None:
+        """Remove tile ``tile``'s chunk of the member ``name`` (it then reads as the fill value)."""
+        from zarr.core.sync import sync
+
+        self._writable()
+        sync(self.group.store_path.store.delete(self._data_key(name, tile)))
+
+    def proofs(self) -> dict[tuple[int, int], np.ndarray | None]:
+        """``{tile: proof}`` of every tile with a recorded proof (``PROOF_FIELDS`` as uint64; None where the
+        proof chunk itself is damaged). Empty for a format-1 store whose tiles were all written before proofs."""
+        try:
+            self.array(PROOF_PATH)
+        except KeyError:
+            return {}
+        n = len(PROOF_FIELDS)
+        out = {}
+        for k, b in self.read_chunks(PROOF_PATH).items():
+            p = np.frombuffer(b, "<u8") if len(b) == 8 * n else None
+            out[k] = p if p is not None and p[0] == 1 else None
+        return out
 
     def plans(self) -> list:
         from reefmap.planning.plan import Plan
@@ -518,12 +735,36 @@ def _short(v: Any) -> str:
     return s if len(s) < 120 else s[:117] + "..."
 
 
-def _status_chunk_key(rel: str) -> tuple[int, int] | None:
-    """``"iy/ix"`` (a ``tile_status`` chunk key below ``c/``) → ``(iy, ix)``; None for anything else (orphans)."""
+def _chunk_key(rel: str, ndim: int = 2) -> tuple[int, int] | None:
+    """``"iy/ix"`` (a chunk key below ``c/``; ``"iy/ix/0"`` for ``ndim`` 3) → ``(iy, ix)``; None for anything
+    else (orphaned ``*.partial`` files)."""
     parts = rel.split("/")
-    if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+    if len(parts) == ndim and all(p.isdigit() for p in parts):
         return int(parts[0]), int(parts[1])
     return None
+
+
+def chunk_proof(b: bytes | None) -> list[int]:
+    """``[size, CRC32C]`` of a stored chunk's bytes; ``[0, 0]`` for no chunk."""
+    if b is None:
+        return [0, 0]
+    import google_crc32c
+
+    return [len(b), google_crc32c.value(b)]
+
+
+_VALID_STATE = np.zeros(256, bool)
+_VALID_STATE[STATE_CODES] = True
+
+
+@dataclass(frozen=True)
+class StateScan:
+    """``MapStore.scan_states``: the states (untrustworthy ones read as pending), the tiles whose state chunk is
+    unreadable, and (format 2) the finished tiles whose data chunks are missing; both as ``(n, 2)`` tile indices."""
+
+    states: np.ndarray
+    unreadable: np.ndarray
+    missing: np.ndarray
 
 
 def _put_group(parent, key: str, attributes: dict) -> None:
