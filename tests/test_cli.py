@@ -258,7 +258,7 @@ def test_a_read_only_map(tif, random_bundle, tmp_path, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
     assert run_cli(capsys, "run", *base, "--out", ro / "done.zarr")[0] == 0
-    assert run_cli(capsys, "run", *base, "--out", ro / "part.zarr", "--bbox", lonlat_box((10, 100), (10, 100)))[0] == 0
+    assert run_cli(capsys, "run", *base, "--out", ro / "part.zarr", "--bbox=" + lonlat_box((10, 100), (10, 100)))[0] == 0
     part = files_of(ro / "part.zarr")
     with mounted(["--bind", "-o", "ro", str(ro)], ro):
         with pytest.raises(OSError):
@@ -278,7 +278,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_loses_nothing(tif, random_b
     assert run_cli(capsys, "run", *base, "--out", ref)[0] == 0
     with mounted(["-t", "tmpfs", "-o", "size=1m", "tmpfs"], tmp_path / "disk") as disk:
         out = disk / "m.zarr"
-        assert run_cli(capsys, "run", *base, "--out", out, "--bbox", lonlat_box((0, 100), (0, 100)))[0] == 0
+        assert run_cli(capsys, "run", *base, "--out", out, "--bbox=" + lonlat_box((0, 100), (0, 100)))[0] == 0
         states = zarr.open_group(str(out), mode="r")["tile_status"][:]
         assert 0 < (states == 1).sum() < states.size
         done_chunks = {k: v for k, v in files_of(out).items() if k.startswith(("reef_probability/c", "classification/c"))}
