@@ -129,8 +129,6 @@ def fit_tile(tile: int, shape: Shape, size_multiple: int = 1) -> int:
 
 
 def _bbox_list(bbox):
-    from reefmap.geometry.grid import BBox
-
     return bbox if isinstance(bbox, BBox) else BBox.parse(bbox)
 
 
@@ -187,8 +185,9 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     None (default) launches the embedded default profile ``"local"``, a LocalCluster of ``workers`` processes (default
     one per core), for this call; ``"inprocess"`` computes in a thread of this process (no dask); a profile name or
     file (``"slurm-gpu"``) is launched for this call with ``workers`` workers (SLURM jobs); a scheduler address is
-    connected to; a ``distributed.Client`` is used as it is. Raises ``TileFailures`` (after finishing every other
-    tile) when some tiles failed; each is recorded in the store with its reason.
+    connected to; a ``distributed.Client`` is used as it is. A map with nothing left to compute launches no cluster
+    and writes nothing. Raises ``TileFailures`` (after finishing every other tile) when some tiles failed; each is
+    recorded in the store with its reason; ``StoreNotWritable`` when the map cannot be written (read-only, disk full).
     """
     plan, job, store = prepare(mosaic, model, out, bbox=bbox, bbox_crs=bbox_crs, tile=tile, halo=halo, screen=screen,
                                storage_options=storage_options)
