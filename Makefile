@@ -1,14 +1,17 @@
 # reefmap — two commands do all set-up on a fresh machine:
 #   make demo   creates .venv if needed, then maps a synthetic reef world on a LocalCluster into ./out/demo
 #   make test   the same environment, then the full test suite (starts a local SLURM first when it can)
+#   make notebook   the same environment plus JupyterLab (the "notebook" extra), then cluster/launch.ipynb in it
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.reefmap-installed
+NOTEBOOK_STAMP := $(VENV)/.reefmap-notebook-installed
+JUPYTER_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast bench lock slurm-up slurm-down clean
+.PHONY: venv demo notebook test test-fast bench lock slurm-up slurm-down clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +23,14 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/reefmap demo
+
+$(NOTEBOOK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.lock -e ".[notebook]"
+	@touch $@
+
+# JupyterLab on the launch notebook; JUPYTER_ARGS="--no-browser --port 8888" on a login node (then ssh -L 8888:...)
+notebook: $(NOTEBOOK_STAMP)
+	$(BIN)/jupyter lab $(JUPYTER_ARGS) cluster/launch.ipynb
 
 # SLURM-marked tests skip (with the reason) when start.sh cannot bring a cluster up (not root, no packages).
 test: $(STAMP)

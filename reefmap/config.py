@@ -32,10 +32,16 @@ def load_yaml(path: str | os.PathLike, example: str = "") -> tuple[dict, Path]:
     import yaml
 
     p = Path(path)
+    what = f"; pass the path of {example}" if example else ""
     try:
         data = yaml.safe_load(p.read_text())
     except FileNotFoundError:
-        raise InvalidParameter(f"config file {str(p)!r} not found" + (f"; pass the path of {example}" if example else "")) from None
+        raise InvalidParameter(f"config file {str(p)!r} not found{what}") from None
+    except IsADirectoryError:
+        raise InvalidParameter(f"config file {str(p)!r} is a directory, not a YAML file{what}") from None
+    except UnicodeDecodeError:
+        raise InvalidParameter(f"config file {str(p)!r} is not a text (YAML) file{what}; several mosaic files go "
+                               "after --mosaic (--mosaic a.tif b.tif), a config file before the flags") from None
     except yaml.YAMLError as e:
         raise InvalidParameter(f"config file {str(p)!r} is not valid YAML: {e}") from None
     if data is None:
@@ -68,8 +74,8 @@ def check_keys(what: str, data: Mapping, known) -> None:
 # -- one mosaic ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunConfig:
-    mosaic: tuple[str, ...]
-    out: str
+    mosaic: tuple[str, ...] = ()
+    out: str | None = None
     model: str | None = None
     bbox: BBox | None = None
     tile: int = 1024
@@ -81,11 +87,23 @@ class RunConfig:
 
     def __post_init__(self):
         if not self.mosaic:
-            raise InvalidParameter("no mosaic given; pass --mosaic PATH_OR_URL (repeat it for several files)")
+            raise InvalidParameter("no mosaic given; pass --mosaic PATH_OR_URL (several files: --mosaic a.tif b.tif), "
+                                   "or mosaic: in the YAML config")
+        mosaic = (self.mosaic,) if isinstance(self.mosaic, (str, os.PathLike)) else self.mosaic
+        if not isinstance(mosaic, (list, tuple)) or not all(isinstance(m, (str, os.PathLike)) for m in mosaic):
+            raise InvalidParameter(f"mosaic must be a path or URL, or a list of them, got {self.mosaic!r}; "
+                                   "e.g. mosaic: scene.tif or mosaic: [a.tif, b.tif]")
+        object.__setattr__(self, "mosaic", tuple(os.fspath(m) for m in mosaic))
         if not self.out:
-            raise InvalidParameter("no output store given; pass --out STORE.zarr")
+            raise InvalidParameter("no output store given; pass --out STORE.zarr, or out: in the YAML config")
+        for name in ("out", "model", "crs"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, (str, os.PathLike)):
+                raise InvalidParameter(f"{name} must be text (a path, URL or CRS name), got {v!r}")
+        if not isinstance(self.screen, bool):
+            raise InvalidParameter(f"screen must be true or false (a YAML boolean, unquoted), got {self.screen!r}")
         if self.bbox is not None and not isinstance(self.bbox, BBox):
-            object.__setattr__(self, "bbox", BBox.parse(self.bbox))
+            object.__setattr__(self, "bbox", BBox.parse_lonlat(self.bbox))
         for name in ("tile", "workers", "batch"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, positive_int(name, getattr(self, name)))
@@ -98,11 +116,12 @@ class RunConfig:
         ``overrides`` (field names; from the command line) win over the file when not None."""
         data, base = load_yaml(path)
         check_keys(f"config file {str(path)!r}", data, [f.name for f in fields(cls)])
-        mosaic = data.get("mosaic", ())
-        mosaic = (mosaic,) if isinstance(mosaic, str) else tuple(mosaic)
-        data["mosaic"] = tuple(resolve_path(m, base) for m in mosaic)
+        paths = [data["mosaic"]] if isinstance(data.get("mosaic"), str) else data.get("mosaic")
+        if isinstance(paths, list) and all(isinstance(m, str) for m in paths):
+            data["mosaic"] = tuple(resolve_path(m, base) for m in paths)  # anything else: __post_init__ refuses it
         for key in ("out", "model"):
-            data[key] = resolve_path(data.get(key) or None, base)
+            if isinstance(data.get(key), str):
+                data[key] = resolve_path(data[key] or None, base)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
 

@@ -30,6 +30,10 @@ class SourceNotFound(SourceError, FileNotFoundError):
     """An input path or URL does not exist."""
 
 
+class Unreachable(ReefmapError):
+    """A remote path or URL (a mosaic or a map) cannot be reached: network, server error, refused credentials."""
+
+
 class CorruptSource(SourceError):
     """An input file exists but its pixels cannot be decoded (truncated or corrupt)."""
 
@@ -76,6 +80,10 @@ class StoreError(ReefmapError):
 
 class StoreMismatch(StoreError):
     """An existing store was written with another model, grid or parameters; refusing to mix them."""
+
+
+class StoreNotWritable(StoreError):
+    """The output store cannot be written: a read-only file system, no permission, or no space left."""
 
 
 class NotAReefmapStore(StoreError):

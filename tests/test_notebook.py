@@ -42,6 +42,31 @@ def outputs_text(nb):
     return "\n".join(text), images
 
 
+def cell_output(cell) -> tuple[str, int]:
+    """The text a code cell printed and how many PNG images it showed."""
+    text, images = outputs_text(nbformat.v4.new_notebook(cells=[cell]))
+    return text, images
+
+
+def check_the_finished_map_is_looked_at(nb, out) -> None:
+    """The notebook ends by looking at the finished map: open_map, stats, query (a picture), the progress map."""
+    import re
+
+    look = [c for c in nb.cells if c.cell_type == "code"][-3:]
+    assert "reefmap.open_map(" in look[0].source and "reefmap.stats(" in look[0].source
+    assert "reefmap.query(" in look[1].source and "progress_png(" in look[2].source
+    text, images = cell_output(look[0])
+    assert images == 0 and "100% finished" in text, text
+    reef, area = map(float, re.search(r"stats: reef area ([\d.]+) km² of ([\d.]+) km², complete 100%", text).groups())
+    assert 0 < reef < area, text
+    text, images = cell_output(look[1])
+    assert images == 1 and (out / "middle.png").exists(), text
+    assert re.search(r"query: \{'y': \d+, 'x': \d+\} 100% of its pixels in finished tiles", text), text
+    text, images = cell_output(look[2])
+    assert images == 1 and (out / "progress.png").exists(), text
+    assert "'pending': 0" in text and "'failed': 0" in text and "100% finished" in text, text
+
+
 @pytest.mark.slow
 def test_launch_notebook_runs_on_a_local_cluster(tmp_path):
     assert sys.executable  # the kernel is this environment's python3 (ipykernel is installed in it)
@@ -49,10 +74,11 @@ def test_launch_notebook_runs_on_a_local_cluster(tmp_path):
                                      "REEFMAP_NOTEBOOK_OUT": str(tmp_path / "nb")})
     text, images = outputs_text(nb)
     assert "workers: 2" in text
-    assert images == 1 and (tmp_path / "nb" / "region.png").exists()
+    assert images == 3 and (tmp_path / "nb" / "region.png").exists()
     assert "'pending': 0" in text and "'failed': 0" in text
     assert "closed" in text
     assert (tmp_path / "nb" / "map.zarr" / "zarr.json").exists()
+    check_the_finished_map_is_looked_at(nb, tmp_path / "nb")
 
 
 @pytest.mark.slurm
@@ -91,8 +117,9 @@ def test_launch_notebook_runs_on_slurm(slurm, slurm_overrides, tmp_path, reap):
     text, images = outputs_text(nb)
     assert "reefmap: cluster 'slurm-test' (SLURM, 2 jobs)" in text
     assert "workers: 2" in text
-    assert images == 1 and (tmp_path / "nb" / "region.png").exists()
+    assert images == 3 and (tmp_path / "nb" / "region.png").exists()
     assert "'pending': 0" in text and "'failed': 0" in text
     assert "closed" in text
     assert (tmp_path / "nb" / "map.zarr" / "zarr.json").exists()
     assert len(list(log_dir.glob(f"{name}-*.err"))) == 2  # the two workers were SLURM jobs of this profile
+    check_the_finished_map_is_looked_at(nb, tmp_path / "nb")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import re
 import sys
 from pathlib import Path
 
@@ -12,10 +14,11 @@ from reefmap.errors import ReefmapError, TileFailures
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="a YAML run config (keys as the flags); flags override it")
-    p.add_argument("--mosaic", action="append", help="input mosaic: path or URL (Zarr, GeoTIFF/COG); repeat for several files")
+    p.add_argument("--mosaic", nargs="+", action="extend", metavar="PATH_OR_URL",
+                   help="input mosaic: path or URL (Zarr, GeoTIFF/COG); several files: --mosaic a.tif b.tif")
     p.add_argument("--model", help="model bundle directory (default: the shipped demo bundle)")
     p.add_argument("--out", help="output Zarr store (path or URL)")
-    p.add_argument("--bbox", help="lon/lat box W,S,E,N to map (default: the whole mosaic)")
+    p.add_argument("--bbox", help="lon/lat box W,S,E,N to map, e.g. --bbox -78.5,24,-77.5,25 (default: the whole mosaic)")
     p.add_argument("--tile", type=int, help="tile = Zarr chunk size in pixels (default 1024)")
     p.add_argument("--halo", type=int, help="halo in pixels (default: what the model bundle needs)")
     p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
@@ -33,7 +36,10 @@ def cmd_run(a) -> int:
 
     over = {"mosaic": tuple(a.mosaic) if a.mosaic else None, "out": a.out, "model": a.model, "bbox": a.bbox,
             "tile": a.tile, "halo": a.halo, "workers": a.workers, "crs": a.crs, "screen": a.screen}
-    cfg = RunConfig.from_yaml(a.config, **over) if a.config else RunConfig(**{k: v for k, v in over.items() if v is not None})
+    if a.config:
+        cfg = RunConfig.from_yaml(a.config, **over)
+    else:
+        cfg = RunConfig(**{k: v for k, v in over.items() if v is not None})
     summary = run_config(cfg, progress=not a.json, raise_on_failure=False, allow_new_sources=a.allow_new_sources,
                          verify=a.verify)
     print(json.dumps(summary.to_json(), indent=2) if a.json else summary)
@@ -105,9 +111,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: flags whose value may start with "-" (a western or southern box): ``--bbox -78.5,24,-77.5,25``
+VALUE_FLAGS = ("--bbox",)
+
+
+def attach_values(argv: list[str]) -> list[str]:
+    """``--bbox -78.5,24,...`` → ``--bbox=-78.5,24,...``: argparse takes a word starting with "-" for an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in VALUE_FLAGS and i + 1 < len(argv) and re.match(r"-[0-9.]", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+class StderrLines(logging.Handler):
+    """Each log record as one line on the current ``sys.stderr``: reefmap's own, or every library's with ``debug``."""
+
+    debug = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.debug or record.name.split(".")[0] == "reefmap"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def quiet_logging(debug: bool) -> None:
+    """reefmap's own warnings, one line each, on stderr; other libraries' log records only with ``--debug`` (gcsfs
+    logs a whole traceback for every request it gives up on, before reefmap says what went wrong in one line)."""
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if isinstance(h, StderrLines)), None)
+    if handler is None:
+        handler = StderrLines()
+        root.addHandler(handler)
+    handler.debug = debug
+    logging.getLogger("reefmap").setLevel(logging.DEBUG if debug else logging.NOTSET)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a = parser.parse_args(attach_values(sys.argv[1:] if argv is None else argv))
+    quiet_logging(a.debug)
     try:
         return a.fn(a) or 0
     except TileFailures as e:

@@ -2,8 +2,8 @@
 
 Registered into the main parser by ``add_commands(subparsers)``; each command's ``fn`` takes the parsed
 arguments and returns an exit code, raising ``ReefmapError`` subclasses for user mistakes (the main CLI prints
-them as one line). A box whose west edge is negative must be written ``--bbox=W,S,E,N`` (argparse would read
-``-170,...`` as an option).
+them as one line). A box whose west edge is negative may be written ``--bbox -78.5,24,-77.5,25``
+(``reefmap.cli.main.attach_values`` keeps argparse from reading it as an option).
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import json
 
 from reefmap.errors import InvalidParameter
 
-_BBOX_HELP = ("lon/lat box W,S,E,N (write --bbox=W,S,E,N when W is negative); W > E crosses the antimeridian, "
-              "e.g. --bbox=170,-20,-170,-10")
+_BBOX_HELP = "lon/lat box W,S,E,N, e.g. --bbox -78.5,24,-77.5,25; W > E crosses the antimeridian: --bbox 170,-20,-170,-10"
 
 
 def cmd_query(a) -> int:

@@ -14,7 +14,8 @@ def start_local(name: str, options: dict[str, Any], jobs: int | None = None, ada
 
     With worker processes (the default): reefmap's numba kernels are compiled (or loaded from numba's on-disk cache)
     here once before the workers start, so that they load the cached code instead of each compiling it at once;
-    and the nannies preload ``reefmap.cluster.nanny`` (glibc's malloc stays adaptive in the workers).
+    the nannies preload ``reefmap.cluster.nanny`` (glibc's malloc stays adaptive in the workers) and the workers
+    ``reefmap.cluster.worker`` (a Ctrl-C at the terminal is left to this process).
     ``silence_logs`` may be a level name. ``jobs`` workers (or ``adapt`` between min and max) win over
     ``n_workers``; with ``wait``, returns once they are connected (at most ``timeout`` seconds).
     """
@@ -26,6 +27,7 @@ def start_local(name: str, options: dict[str, Any], jobs: int | None = None, ada
 
         compile_all()
         kw["preload_nanny"] = [*kw.get("preload_nanny", []), "reefmap.cluster.nanny"]
+        kw["preload"] = [*kw.get("preload", []), "reefmap.cluster.worker"]  # Ctrl-C is this process's to handle
     if isinstance(kw.get("silence_logs"), str):  # the worker side wants a level number
         level = getattr(logging, kw["silence_logs"].upper(), None)
         if not isinstance(level, int):

@@ -134,15 +134,42 @@ def open_executor(client: Any = None, *, profile: str | os.PathLike = "local", j
             + (f" with {jobs} jobs" if jobs and not connect else ""))
     with contextlib.redirect_stdout(sys.stderr):
         c = launch(target) if connect else launch(target, jobs)
+    abandon = False
     try:
         yield Distributed(c)
+    except BaseException:  # Ctrl-C, an unwritable store ...: the tiles in flight are not waited for
+        abandon = True
+        raise
     finally:
-        close_client(c, shutdown=not connect, logger=lg)
+        close_client(c, shutdown=not connect, logger=lg, abandon=abandon)
 
 
-def close_client(client, *, shutdown: bool, logger=None) -> None:
-    """``shutdown``: stop the cluster (and cancel its SLURM jobs); else disconnect. A cluster already gone is fine."""
+def stop_local_workers(client, timeout: float = 0.5) -> None:
+    """Stop the worker processes of the LocalCluster behind ``client`` within ``timeout`` seconds, abandoning their
+    running tiles (a shutdown lets each finish first: seconds to minutes). Safe: a tile's writes are idempotent and
+    its state is written after its pixels, so an abandoned tile is simply computed again by the next run."""
+    import asyncio
+
+    from distributed import Nanny
+
+    cluster = getattr(client, "cluster", None)
+    nannies = [w for w in getattr(cluster, "workers", {}).values() if isinstance(w, Nanny)]
+    if not nannies:
+        return
+
+    async def close_all():
+        await asyncio.gather(*(n.close(timeout=timeout, reason="reefmap-abandon") for n in nannies),
+                             return_exceptions=True)
+
+    cluster.sync(close_all)
+
+
+def close_client(client, *, shutdown: bool, logger=None, abandon: bool = False) -> None:
+    """``shutdown``: stop the cluster (and cancel its SLURM jobs); else disconnect. A cluster already gone is fine.
+    ``abandon`` (with ``shutdown``): the run is being abandoned: a LocalCluster's workers stop at once."""
     try:
+        if shutdown and abandon:
+            stop_local_workers(client)
         client.shutdown() if shutdown else client.close()
     except Exception as e:
         (logger or log).debug(f"closing the cluster: {type(e).__name__}: {e}")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import threading
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from reefmap.compute.tiles import TileJob, TileOutcome
-from reefmap.errors import ReefmapError
+from reefmap.errors import ReefmapError, StoreNotWritable
 from reefmap.planning.plan import Plan
 from reefmap.sources import urls
 from reefmap.store.format import TileState
@@ -39,24 +41,61 @@ def submit_bounded(groups: Iterable[np.ndarray], plan: Plan, job: TileJob, execu
             pending[executor.submit(job, [plan.task(t) for t in g], key)] = g
 
     top_up()
-    while pending:
-        fut = executor.wait_one(set(pending))
-        g = pending.pop(fut)
-        try:
-            results = fut.result()
-        except ReefmapError:
-            for f in pending:
-                f.cancel()
+    try:
+        while pending:
+            fut = executor.wait_one(set(pending))
+            g = pending.pop(fut)
+            try:
+                results = fut.result()
+            except ReefmapError:
+                raise
+            except Exception as e:
+                if (err := store_write_error(e, job.store.url)) is not None:
+                    raise err from None  # every other tile would fail alike
+                msg = urls.redact_text(f"task lost: {type(e).__name__}: {e}")
+                results = []
+                with store_writes(job.store.url):  # the failure record may meet the same full disk
+                    for t in g:
+                        job.store.mark(t, TileState.FAILED, msg)
+                        results.append(TileOutcome((int(t[0]), int(t[1])), int(TileState.FAILED), 0, 0.0, msg))
+            for o in results:
+                on_outcome(o)
+            top_up()
+    except BaseException:  # a configuration error, an unwritable store, Ctrl-C: nothing more is computed
+        for f in pending:
+            f.cancel()
+        raise
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def store_write_error(e: BaseException, url: str) -> StoreNotWritable | None:
+    """The ``StoreNotWritable`` to raise when ``e`` is an ``OSError`` of writing into the map at ``url`` that no
+    retry can fix (no space left, a read-only file system, no permission); None for any other error."""
+    if not isinstance(e, OSError) or e.errno not in (*_NO_SPACE, *_NOT_WRITABLE):
+        return None
+    where = f"{url!r}" + (f" ({e.filename})" if e.filename and str(e.filename) != url else "")
+    if e.errno in _NO_SPACE:
+        return StoreNotWritable(
+            f"no space left on the device writing the map {where}: {e.strerror}. The tiles recorded as finished are "
+            "safe (a tile's state is written only after its pixels); free some space, then re-run the same command "
+            "to compute the rest")
+    return StoreNotWritable(
+        f"the map {where} cannot be written: {e.strerror}. Make it writable, or choose another --out; the tiles "
+        "recorded as finished are safe (a finished map re-runs without writing anything)")
+
+
+@contextlib.contextmanager
+def store_writes(url: str) -> Iterator[None]:
+    """Writes into the map at ``url``: an ``OSError`` that no retry can fix becomes ``StoreNotWritable``."""
+    try:
+        yield
+    except OSError as e:
+        if (err := store_write_error(e, url)) is None:
             raise
-        except Exception as e:
-            msg = urls.redact_text(f"task lost: {type(e).__name__}: {e}")
-            results = []
-            for t in g:
-                job.store.mark(t, TileState.FAILED, msg)
-                results.append(TileOutcome((int(t[0]), int(t[1])), int(TileState.FAILED), 0, 0.0, msg))
-        for o in results:
-            on_outcome(o)
-        top_up()
+        raise err from None
 
 
 def chain(*fns: Callable | None) -> Callable:

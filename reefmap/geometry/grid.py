@@ -54,6 +54,17 @@ class BBox(NamedTuple):
             raise BBoxError(f"bbox {text!r} has zero width (west == east {w}); give it as W,S,E,N with W != E")
         return cls(w, s, e, n)
 
+    @classmethod
+    def parse_lonlat(cls, text: str | Any) -> "BBox":
+        """``parse``, then the one lon/lat rule (``reefmap run --bbox``, ``query``, ``stats``): longitudes in
+        [-180, 180], latitudes in [-90, 90]; W > E crosses the antimeridian."""
+        b = cls.parse(text)
+        if not all(-180.0 <= v <= 180.0 for v in (b.left, b.right)) or not all(-90.0 <= v <= 90.0 for v in (b.bottom, b.top)):
+            raise BBoxError(
+                f"bbox {tuple(b)} is not in lon/lat degrees (longitudes must lie in [-180, 180], latitudes in "
+                "[-90, 90]); give W,S,E,N in EPSG:4326 — projected coordinates (metres) are not accepted")
+        return b
+
 
 @dataclass(frozen=True)
 class Window:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from reefmap.errors import BBoxError, GeometryError
+from reefmap.errors import GeometryError
 from reefmap.geometry.crs import wrap_period
 from reefmap.geometry.grid import BBox, GeoBox, Shape, Window
 from reefmap.geometry.vector import read_geojson
@@ -40,12 +40,7 @@ from reefmap.store.format import CLASS_NODATA, OUTSIDE, UNFINISHED, is_finished
 # ------------------------------------------------------------------------------------------------------------
 def parse_bbox(bbox) -> BBox:
     """``W,S,E,N`` (text, sequence or ``BBox``) in lon/lat degrees; W > E crosses the antimeridian."""
-    b = BBox.parse(bbox) if not isinstance(bbox, BBox) else BBox.parse(list(bbox))
-    if not all(-180.0 <= v <= 180.0 for v in (b.left, b.right)) or not all(-90.0 <= v <= 90.0 for v in (b.bottom, b.top)):
-        raise BBoxError(
-            f"bbox {tuple(b)} is not in lon/lat degrees (longitudes must lie in [-180, 180], latitudes in [-90, 90]); "
-            "give W,S,E,N in EPSG:4326 — projected coordinates (metres) are not accepted")
-    return b
+    return BBox.parse_lonlat(list(bbox) if isinstance(bbox, BBox) else bbox)
 
 
 @dataclass(frozen=True)

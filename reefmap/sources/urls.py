@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from reefmap.errors import InvalidParameter, Unreachable
 from reefmap.redaction import redact, redact_text  # noqa: F401  (re-exported for the readers and their callers)
 
 _LOCAL_PROTOCOLS = ("file", "local")
@@ -55,16 +56,26 @@ def normalize(location: Any) -> str:
 
 
 def url_to_fs(location: Any, storage_options: dict | None = None):
-    """``(filesystem, path)`` for ``location`` (fsspec; instances are cached by fsspec)."""
+    """``(filesystem, path)`` for ``location`` (fsspec; instances are cached by fsspec). ``InvalidParameter`` naming
+    the package to install when the URL's filesystem is not installed (``s3://`` without s3fs)."""
     import fsspec
 
     if is_local(location):
         return fsspec.filesystem("file"), local_path(location)
-    return fsspec.core.url_to_fs(as_str(location), **(storage_options or {}))
+    try:
+        return fsspec.core.url_to_fs(as_str(location), **(storage_options or {}))
+    except ImportError as e:
+        from fsspec.registry import known_implementations
+
+        proto = protocol(location)
+        package = known_implementations.get(proto, {}).get("class", "").split(".")[0]
+        raise InvalidParameter(f"{proto}:// URLs need a package that is not installed ({e}): "
+                               f"pip install {package or proto + 'fs'}") from None
 
 
 def exists(location: Any, storage_options: dict | None = None) -> bool:
-    """Whether a file or directory/prefix exists at ``location`` (the listing cache is bypassed)."""
+    """Whether a file or directory/prefix exists at ``location`` (the listing cache is bypassed). ``Unreachable``
+    when that cannot be told: a network error, an HTTP error other than 404 (a 500 is not "missing")."""
     if is_local(location):
         return os.path.exists(local_path(location))
     fs, path = url_to_fs(location, storage_options)
@@ -72,7 +83,12 @@ def exists(location: Any, storage_options: dict | None = None) -> bool:
         fs.invalidate_cache(path)
     except Exception:  # noqa: BLE001 - not every filesystem has a cache to invalidate
         pass
-    return bool(fs.exists(path))
+    strict = {"strict": True} if protocol(location) in ("http", "https") else {}  # else any HTTP error reads as False
+    try:
+        return bool(fs.exists(path, **strict))
+    except Exception as e:  # noqa: BLE001 - aiohttp, botocore, google-auth ... each has its own errors
+        raise Unreachable(f"{as_str(location)} cannot be reached ({type(e).__name__}: {e}); check the URL, the "
+                          "network and the credentials (storage_options)") from None
 
 
 def join(location: Any, *names: str) -> str:

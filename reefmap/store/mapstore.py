@@ -174,10 +174,7 @@ class MapStore:
         return self._group
 
     def exists(self) -> bool:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(self.url, **self.storage_options)
-        return fs.exists(path.rstrip("/") + "/zarr.json")
+        return urls.exists(urls.join(self.url, "zarr.json"), self.storage_options)
 
     def array(self, name: str):
         """The member ``name`` (an array, or the ``tile_errors``/``plans`` group; a path such as ``tiles/status``),
@@ -236,9 +233,7 @@ class MapStore:
             except NotAReefmapStore:
                 if not store._being_created():
                     raise
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(store.url, **store.storage_options)
+        fs, path = urls.url_to_fs(store.url, store.storage_options)
         if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)) and not store._being_created():
             raise NotAReefmapStore(
                 f"output {store.url!r} already exists and is not a reefmap map; choose a new --out (nothing was written)"
@@ -277,7 +272,7 @@ class MapStore:
             else:
                 same = got == want
             if not same:
-                diffs.append(f"{key}: store has {_short(got)}, this run has {_short(want)}")
+                diffs.extend(_differences(key, got, want))
         if diffs:
             raise StoreMismatch(
                 f"store {self.url!r} was written by a different run configuration ({'; '.join(diffs)}); "
@@ -437,8 +432,12 @@ class MapStore:
         self.array(self.status_path)[iy, ix] = int(state)
 
     def record_plan(self, plan) -> None:
+        """Record ``plan`` once: a plan already recorded is not written again (re-running a finished map writes
+        nothing, so it works on a read-only copy)."""
         self._writable()
-        _put_group(self.array("plans"), plan.token, plan.to_json())
+        plans = self.array("plans")
+        if plan.token not in plans:
+            _put_group(plans, plan.token, plan.to_json())
 
     # -- reading state -----------------------------------------------------------------------------------------
     def states(self) -> np.ndarray:
@@ -733,6 +732,15 @@ def _source_difference(known: list[dict], new: dict) -> str:
 def _short(v: Any) -> str:
     s = repr(v)
     return s if len(s) < 120 else s[:117] + "..."
+
+
+def _differences(key: str, got: Any, want: Any) -> list[str]:
+    """``"key: store has X, this run has Y"`` for each differing leaf of two (nested) mappings, so that the message
+    shows the difference itself (``grid.tile: store has 256, this run has 512``), not a cut-off repr."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        return [d for k in sorted(set(got) | set(want), key=str) if got.get(k) != want.get(k)
+                for d in _differences(f"{key}.{k}", got.get(k), want.get(k))]
+    return [f"{key}: store has {_short(got)}, this run has {_short(want)}"]
 
 
 def _chunk_key(rel: str, ndim: int = 2) -> tuple[int, int] | None:
