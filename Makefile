@@ -24,8 +24,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/reefmap demo
 
-$(NOTEBOOK_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.lock -e ".[notebook]"
+$(NOTEBOOK_STAMP): $(STAMP) requirements-notebook.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements.lock -r requirements-notebook.lock -e ".[notebook]"
 	@touch $@
 
 # JupyterLab on the launch notebook; JUPYTER_ARGS="--no-browser --port 8888" on a login node (then ssh -L 8888:...)
