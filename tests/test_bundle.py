@@ -264,7 +264,9 @@ def xr_layers(path):
     import zarr
 
     g = zarr.open_group(str(path), mode="r")
-    return g["reef_probability"][:], g["classification"][:], g["tile_status"][:]
+    from reefmap.store.mapstore import MapStore
+
+    return g["reef_probability"][:], g["classification"][:], MapStore.open_readonly(str(path)).states()
 
 
 def test_a_map_refuses_a_class_scheme_it_cannot_write_yet(tiny, memory_mosaic, tmp_path):

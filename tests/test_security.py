@@ -30,7 +30,8 @@ import zarr
 from affine import Affine
 
 from conftest import textured
-from reefmap.errors import SourceNotFound, StoreError, StoreMismatch
+from reefmap.store.format import decode_meta, encode_meta
+from reefmap.errors import StoreError, StoreMismatch, Unreachable
 from reefmap.execute.runner import run
 from reefmap.products.overviews import build_overviews
 from reefmap.sources import open_mosaic, reader_of
@@ -189,11 +190,11 @@ def test_basic_auth_url_never_persisted_or_shown_even_when_tiles_fail(server, tm
     assert rc == 1 and "tile(s) failed" in err, err[-3000:]
     assert any(st == 206 for _, _, st in srv.log) and any(st == 500 for _, _, st in srv.log)  # read with the password
     g = zarr.open_group(str(out), mode="r")
-    states = g["tile_status"][:]
+    states = g["tiles/status"][:]
     errors = {tuple(e.attrs["tile"]): e.attrs["error"] for _, e in g["tile_errors"].groups()}
     assert (states == TileState.FAILED).sum() == len(errors) > 0 and (states == TileState.DONE).any()
     assert all(f"127.0.0.1:{srv.port}/scene.tif" in e for e in errors.values()), errors  # the reason names the file
-    attrs = g.attrs["reefmap"]
+    attrs = decode_meta(g.attrs["reefmap"])
     assert attrs["sources"][0]["paths"] == [f"http://***@127.0.0.1:{srv.port}/scene.tif"]
     assert attrs["identity"]["sources"][0]["locations"] == [f"http://***@127.0.0.1:{srv.port}/scene.tif"]
     for args in (["status", out], ["status", out, "--json"], ["status", out, "--map", tmp_path / "progress.png"]):
@@ -225,7 +226,7 @@ def test_presigned_url_through_the_cli_and_the_python_face(server, tmp_path, ran
     assert rc == 0 and json.loads(text)["done"] + json.loads(text)["skipped"] == 9, err[-3000:]
     outputs = [text, err]
     assert any(st == 206 for _, _, st in srv.log) and all(st != 401 for _, _, st in srv.log)
-    sources = zarr.open_group(str(out), mode="r").attrs["reefmap"]["sources"]
+    sources = decode_meta(zarr.open_group(str(out), mode="r").attrs["reefmap"])["sources"]
     assert sources[0]["paths"] == [f"http://127.0.0.1:{srv.port}/scene.tif?X-Amz-Credential=REDACTED"
                                    "&X-Amz-Signature=REDACTED"]
     resigned = open_mosaic(url.replace(SIGNATURE, SIGNATURE + "-2"), chunks=256)
@@ -233,9 +234,9 @@ def test_presigned_url_through_the_cli_and_the_python_face(server, tmp_path, ran
     assert "X-Amz-Signature=REDACTED" in resigned.attrs["reefmap_source"]
     resigned.isel(band=0).drop_vars("spatial_ref").to_dataset(name="m").to_zarr(tmp_path / "saved.zarr",
                                                                                  consolidated=False)
-    zarr.open_group(str(out), mode="r+")["tile_status"][2, 2] = int(TileState.PENDING)
+    zarr.open_group(str(out), mode="r+")["tiles/status"][2, 2] = int(TileState.PENDING)
     assert run(resigned, random_bundle.path, out, tile=256, client="inprocess", progress=False).computed == 1
-    with pytest.raises(SourceNotFound) as e:  # refused by the server: the error names the URL, not the signature
+    with pytest.raises(Unreachable, match="credentials") as e:  # refused (401): not "missing"; names the URL, not the signature
         open_mosaic(url.replace(SIGNATURE, "S3CRET-SIG-WRONG"))
     assert "X-Amz-Signature=REDACTED" in str(e.value) and "S3CRET" not in str(e.value)
     assert all(st != 401 for _, _, st in srv.log[:-1])
@@ -279,7 +280,7 @@ def test_a_token_in_storage_options_stays_in_memory(gcs_fs, tmp_path, random_bun
     mosaic.isel(band=0).drop_vars("spatial_ref").to_dataset(name="m").to_netcdf(tmp_path / "saved.nc")
     s = run(mosaic, random_bundle.path, tmp_path / "m.zarr", tile=256, client="inprocess", progress=False)
     assert s.done + s.skipped == 4
-    sources = zarr.open_group(str(tmp_path / "m.zarr"), mode="r").attrs["reefmap"]["sources"]
+    sources = decode_meta(zarr.open_group(str(tmp_path / "m.zarr"), mode="r").attrs["reefmap"])["sources"]
     assert sources[0]["storage_options"] == {"token": "<redacted>"}
     assert secrets_in_tree(tmp_path) == []
     caches()["mosaic credentials"].clear()
@@ -301,14 +302,14 @@ def test_a_symlinked_chunk_folder_is_refused_and_nothing_is_written_outside(tmp_
     row.rmdir()
     row.symlink_to(outside, target_is_directory=True)
     g = zarr.open_group(str(out), mode="r+")
-    g["tile_status"][0, :] = int(TileState.PENDING)  # the row's tiles must be written again
+    g["tiles/status"][0, :] = int(TileState.PENDING)  # the row's tiles must be written again
     with pytest.raises(StoreError, match=r"reef_probability/c/0.*outside the store.*cp -rL") as e:
         run(open_mosaic(tif), random_bundle.path, out, tile=256, client="inprocess", progress=False)
     assert "symlink" in str(e.value)
     with pytest.raises(StoreError, match="symlinks"):  # overviews are written inside the map too
         build_overviews(str(out))
     assert list(outside.iterdir()) == []
-    assert (g["tile_status"][0, :] == TileState.PENDING).all()
+    assert (g["tiles/status"][0, :] == TileState.PENDING).all()
 
 
 def _tif_run(path, out, bundle, **kw):
@@ -329,7 +330,7 @@ def test_another_mosaic_is_refused_unless_allowed_and_recorded(tmp_path, random_
         _tif_run(a, out, random_bundle.path)
     write_tif(a, (300, 300), seed=1)
     _tif_run(b, out, random_bundle.path, allow_new_sources=True)
-    attrs = zarr.open_group(str(out), mode="r").attrs["reefmap"]
+    attrs = decode_meta(zarr.open_group(str(out), mode="r").attrs["reefmap"])
     assert [s["paths"] for s in attrs["sources"]] == [[str(a)], [str(b)]]
     assert [s["locations"] for s in attrs["identity"]["sources"]] == [[str(a)], [str(b)]]
     assert _tif_run(b, out, random_bundle.path).computed == 0 and _tif_run(a, out, random_bundle.path).computed == 0
@@ -352,12 +353,12 @@ def test_a_store_from_before_source_identities_opens_resumes_and_records(tmp_pat
     out = tmp_path / "m.zarr"
     _tif_run(a, out, random_bundle.path)
     g = zarr.open_group(str(out), mode="r+")
-    attrs = g.attrs["reefmap"]
+    attrs = decode_meta(g.attrs["reefmap"])
     del attrs["identity"]["sources"]  # what a store written before this change holds
-    g.attrs["reefmap"] = attrs
-    g["tile_status"][0, 0] = int(TileState.PENDING)
+    g.attrs["reefmap"] = encode_meta(attrs)
+    g["tiles/status"][0, 0] = int(TileState.PENDING)
     assert _tif_run(a, out, random_bundle.path).computed == 1
-    recorded = zarr.open_group(str(out), mode="r").attrs["reefmap"]
+    recorded = decode_meta(zarr.open_group(str(out), mode="r").attrs["reefmap"])
     assert recorded["identity"]["sources"][0]["locations"] == [str(a)] and len(recorded["sources"]) == 1
     with pytest.raises(StoreMismatch):
         _tif_run(write_tif(tmp_path / "b.tif", (300, 300), seed=2), out, random_bundle.path)

@@ -20,6 +20,7 @@ import pytest
 import rasterio
 from affine import Affine
 
+from reefmap.store.format import decode_meta
 from reefmap.errors import CorruptSource, SourceNotFound
 from reefmap.geometry.grid import Window
 from reefmap.sources import open_mosaic, reader_of
@@ -145,7 +146,7 @@ def test_credentials_reach_the_workers_but_never_the_maps_provenance(gcs_fs, tmp
     assert reader_of(m).spec()["storage_options"] == STORAGE_OPTIONS  # workers rebuild the reader with them
     out = tmp_path / "m.zarr"
     run(m, random_bundle.path, out, tile=64, client="inprocess", progress=False)
-    attrs = zarr.open_group(str(out), mode="r").attrs.asdict()["reefmap"]
+    attrs = decode_meta(zarr.open_group(str(out), mode="r").attrs["reefmap"])
     assert attrs["sources"][0]["storage_options"] == {"token": "<redacted>"}
     assert attrs["sources"][0]["paths"] == [f"gs://{bucket}/secret/a.tif"]
     assert "anon" not in json.dumps(attrs["sources"])

@@ -158,7 +158,7 @@ class RunOptions:
 
 def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Distributed | None = None,
             options: RunOptions = RunOptions(), *, stop=None, on_outcome=None,
-            states: np.ndarray | None = None) -> RunSummary:
+            states: np.ndarray | None = None, damaged: dict | None = None) -> RunSummary:
     """Compute the plan's unfinished tiles on ``executor`` (:mod:`reefmap.execute.executors`; None: a thread of this
     process) and record each tile's state in the store. Finished tiles are never recomputed.
 
@@ -167,13 +167,15 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
     their writes are idempotent, so an abandoned one is simply redone by the next run) and the summary says
     ``stopped``. ``on_outcome`` is called with each ``TileOutcome``. ``states``: the store's tile states when the
     caller has just read them (else they are read here, and the finished tiles checked: existence and size of their
-    chunks, or their checksums with ``options.verify``; damaged ones are recomputed and listed in ``damaged``).
+    chunks, or their checksums with ``options.verify``; damaged ones are recomputed and listed in ``damaged``;
+    a caller passing checked ``states`` passes the ``damaged`` it found with them).
     """
     if executor is None:
         with InProcess() as ex:
-            return execute(plan, job, store, ex, options, stop=stop, on_outcome=on_outcome, states=states)
+            return execute(plan, job, store, ex, options, stop=stop, on_outcome=on_outcome, states=states,
+                           damaged=damaged)
     t0 = time.perf_counter()
-    damaged = {}
+    damaged = dict(damaged or {})
     if states is None:
         states, damaged = states_for_run(store, full=options.verify)
     finished = is_finished(states) if options.retry_failed else (states != TileState.PENDING)
@@ -214,11 +216,11 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     plan, job, store = prepare(mosaic, model, out, bbox=bbox, bbox_crs=bbox_crs, tile=tile, halo=halo, screen=screen,
                                storage_options=storage_options, allow_new_sources=allow_new_sources)
     options = RunOptions(batch=batch, max_in_flight=max_in_flight, progress=progress, verify=verify)
-    states = store.states()
+    states, damaged = states_for_run(store, full=verify)  # finished tiles checked: damaged ones count as pending
     if not plan.remaining(is_finished(states)).any():
-        client = INPROCESS  # nothing left to compute: no cluster to launch (the finished tiles are still checked)
+        client = INPROCESS  # nothing left to compute: no cluster to launch
     with open_executor(client, jobs=workers) as executor:
-        summary = execute(plan, job, store, executor, options, states=states)
+        summary = execute(plan, job, store, executor, options, states=states, damaged=damaged)
     if raise_on_failure:
         summary.raise_for_failures()
     return summary
