@@ -127,9 +127,11 @@ def test_slurm_run_survives_a_cancelled_worker_job(slurm, slurm_overrides, zarr_
 
         def on_outcome(outcome):
             seen.append(outcome)
-            if len(seen) == 6 and not at_cancel:  # mid-run: 6 of 35 tiles back, others in flight on both workers
+            if len(seen) >= 6 and not at_cancel:  # mid-run: 6+ of 35 tiles back, others in flight
                 processing = client.processing()
                 busy = max(job_of, key=lambda a: len(processing.get(a, ())))
+                if not processing.get(busy):  # between two submits (a loaded machine): cancel at a later outcome
+                    return
                 at_cancel.update(victim=job_of[busy], in_flight=len(processing.get(busy, ())),
                                  pending=int((store.states() == TileState.PENDING).sum()))
                 subprocess.run(["scancel", at_cancel["victim"]], check=True, timeout=10)
