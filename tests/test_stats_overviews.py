@@ -139,6 +139,50 @@ def test_stats_across_the_antimeridian_and_in_projected_maps(tmp_path):
     assert s["area_method"] == "areal-scale"
 
 
+@pytest.fixture(scope="module")
+def world_maps(tmp_path_factory, random_bundle):
+    """Maps of the real global GeoTIFF world.rgb.tif (EPSG:4326, 512×256 pixels of 0.703125°, -180..180°) and of the
+    same picture with one more column past 180° (a global raster that overlaps itself by a column), run on the
+    tiles east of 0° only (the western tiles stay pending)."""
+    import rasterio
+
+    from reefmap.execute.runner import run
+    from reefmap.sources import open_mosaic
+
+    from conftest import shared_data
+
+    src = shared_data("real", "world.rgb.tif")
+    tmp = tmp_path_factory.mktemp("world")
+    with rasterio.open(src) as f:
+        data, profile = f.read(), f.profile
+    wide = tmp / "world_plus_one_column.tif"
+    profile.update(width=data.shape[2] + 1, tiled=False)
+    profile.pop("blockxsize", None), profile.pop("blockysize", None)
+    with rasterio.open(wide, "w", **profile) as f:
+        f.write(np.concatenate([data, data[:, :, :1]], axis=2))
+    maps = []
+    for path in (src, wide):
+        out = tmp / (path.stem + ".zarr")
+        run(open_mosaic(str(path)), random_bundle.path, out, tile=64, bbox=(0, -90, 180, 90), client="inprocess",
+            progress=False)
+        maps.append(str(out))
+    return maps
+
+
+def test_stats_of_a_box_crossing_the_antimeridian_equal_its_halves_on_a_real_global_map(world_maps):
+    for m in world_maps:
+        both = stats(m, bbox=(170, -20, -170, -10))
+        east, west = stats(m, bbox=(170, -20, 180, -10)), stats(m, bbox=(-180, -20, -170, -10))
+        assert both["pixels"] == east["pixels"] + west["pixels"] == 2 * 15 * 15, m
+        for k in ("area_km2", "unfinished_area_km2", "reef_area_km2", "expected_reef_area_km2"):
+            assert both[k] == pytest.approx(east[k] + west[k], rel=1e-9), (m, k)
+        assert both["area_km2"] == pytest.approx(2 * geod_area(169.453125, -20.390625, 180, -9.84375) * 1e-6, rel=1e-7)
+        assert east["unfinished_area_km2"] == 0 and west["unfinished_area_km2"] == pytest.approx(both["area_km2"] / 2)
+        q = query(m, bbox=(170, -20, -170, -10))
+        dx = np.diff(q.x.values)  # one regular grid from 170° to 190°, not past it
+        assert q.sizes["x"] == 30 and np.allclose(dx, 0.703125) and 169.45 < q.x.values[0] and q.x.values[-1] < 190.55
+
+
 def test_cli_stats(reef_map, capsys):
     assert cli(["stats", reef_map.url, "--json"]) == 0
     s = json.loads(capsys.readouterr().out)

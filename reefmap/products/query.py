@@ -9,8 +9,9 @@ one is given, whose tiles are finished), ``store``, ``level``, ``resolution`` (p
 tile states is read until the data are computed, and then only the chunks that intersect the subset.
 
 Boxes are lon/lat (EPSG:4326) ``W,S,E,N``; W > E means the box crosses the antimeridian. On a store whose CRS
-wraps around the globe (geographic or Mercator) the two pieces are concatenated west to east with the eastern
-piece's x shifted by one period (e.g. 170..190 in degrees), so the result stays one regular grid; on any other
+wraps around the globe (geographic or Mercator) each longitude's pixels are taken once (also on a grid a column
+wider than the globe) and the two pieces are concatenated west to east with the eastern piece's x shifted by one
+period (e.g. 170..190 in degrees), so the result stays one regular grid (``GeoBox.bbox_pieces``); on any other
 store the pieces that intersect the map are used (their bounding window). ``resolution`` is in the store CRS's
 units (degrees for EPSG:4326, metres for UTM/Web Mercator) and picks the coarsest overview level (see
 ``reefmap.products.overviews``) whose pixel size is ≤ it.
