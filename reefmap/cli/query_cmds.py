@@ -65,7 +65,8 @@ def add_commands(subparsers) -> None:
     """Register ``query``, ``stats`` and ``overviews`` on an argparse subparsers object."""
     q = subparsers.add_parser("query", help="export a region of a map: COG .tif, NetCDF .nc, .zarr or a .png picture",
                               description="Cut a lon/lat box or polygon out of a map and write it by the output's "
-                                          "extension. Unfinished tiles are kept visible (code 254 / tile_state).")
+                                          "extension. Unfinished tiles are kept visible (classification 254, tile_state; "
+                                          "a probability .tif masks them and marks them in its band 2).")
     q.add_argument("store", help="the map: a path or URL (gs://, memory://, file://)")
     q.add_argument("--bbox", help=_BBOX_HELP)
     q.add_argument("--geometry", help="a GeoJSON file with a lon/lat (Multi)Polygon; pixels outside are masked")
