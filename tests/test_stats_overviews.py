@@ -267,7 +267,7 @@ def test_overviews_values_layout_and_root_untouched(ov_map, monkeypatch):
     MapStore.create_or_open(store.url, grid, {"model": "synthetic"}, {})  # a resumed run still opens the map
 
 
-def test_query_resolution_uses_the_best_level_and_updates_are_incremental(ov_map):
+def test_query_resolution_uses_the_best_level_and_updates_are_incremental(ov_map, capsys):
     store, prob, cls, states = ov_map
     build_overviews(store.url, levels=3)
     assert query(store.url, bbox=(141, -12, 143, -11), resolution=0.005).attrs["level"] == 0
@@ -288,6 +288,10 @@ def test_query_resolution_uses_the_best_level_and_updates_are_incremental(ov_map
     s.mark(TileIndex(2, 3), TileState.DONE)
     stale = query(store.url, resolution=0.04)
     assert stale.attrs["stale_overview_tiles"] == 1 and (stale.classification.values[16:24, 24:32] == UNFINISHED).all()
+    assert open_map(store.url, level=2).attrs["stale_overview_tiles"] == 1
+    assert stats(store.url, resolution=0.04)["stale_overview_tiles"] == 1  # the numbers say they are stale
+    assert cli(["stats", store.url, "--resolution", "0.04"]) == 0
+    assert "WARNING: overview level 2 is stale: 1 tile(s) finished since it was built" in capsys.readouterr().out
     up = build_overviews(store.url, levels=3)
     assert up["tiles_updated"] == 1 and up["chunks_written"] == 2 * 3 and not up["full"]
     assert build_overviews(store.url, levels=3)["up_to_date"]
@@ -300,6 +304,46 @@ def test_query_resolution_uses_the_best_level_and_updates_are_incremental(ov_map
         np.testing.assert_array_equal(lv.reef_probability.values, p)
         np.testing.assert_array_equal(lv.classification.values, c)
     assert query(store.url, resolution=0.04).attrs["stale_overview_tiles"] == 0
+
+
+def test_a_run_refreshes_the_overviews_built_when_the_map_was_partial(memory_mosaic, random_bundle, tmp_path):
+    """The issue's scenario: overviews built at ~17% done, then the run finishes. The numbers at the overview level
+    equal the level-0 answer at both moments (before the fix they stayed at 17% complete after the run)."""
+    import shutil
+
+    from reefmap.execute.runner import run
+    from reefmap.geometry.grid import BBox
+
+    da, _ = memory_mosaic  # 700 x 900 px of 30 m (UTM 18N): 6 x 8 tiles of 128 px
+    url = str(tmp_path / "m.zarr")
+    t = da.rio.transform()
+    part = BBox(t.c, t.f - 256 * 30, t.c + 384 * 30, t.f)  # 2 x 3 tiles of 48: 12.5% of the tiles (17% of pixels)
+    run(da, random_bundle.path, url, tile=128, bbox=part, bbox_crs="EPSG:32618", client="inprocess", progress=False)
+    build_overviews(url, levels=2)
+
+    def both():
+        return stats(url), stats(url, resolution=120)  # level 0; level 2 (120 m pixels)
+
+    def agree(s0, s2):
+        assert s2["level"] == 2 and s2["stale_overview_tiles"] == 0
+        assert s2["complete_fraction"] == pytest.approx(s0["complete_fraction"], abs=1e-12)
+        for k in ("area_km2", "unfinished_area_km2"):
+            assert s2[k] == pytest.approx(s0[k], rel=1e-6, abs=1e-9), k
+
+    s0, s2 = both()
+    assert 0.15 < s0["complete_fraction"] < 0.2
+    agree(s0, s2)
+    run(da, random_bundle.path, url, tile=128, client="inprocess", progress=False)
+    s0, s2 = both()
+    assert s0["complete_fraction"] == 1.0 and s0["unfinished_area_km2"] == 0.0
+    agree(s0, s2)
+    # the refreshed levels are what a full build writes
+    shutil.copytree(url, tmp_path / "full.zarr")
+    build_overviews(str(tmp_path / "full.zarr"), levels=2, full=True)
+    for k in (1, 2):
+        a = xr.open_zarr(url, group=f"overviews/{k}", consolidated=False, mask_and_scale=False)
+        b = xr.open_zarr(tmp_path / "full.zarr", group=f"overviews/{k}", consolidated=False, mask_and_scale=False)
+        xr.testing.assert_equal(a[["reef_probability", "classification"]], b[["reef_probability", "classification"]])
 
 
 def test_overview_bad_input(ov_map, tmp_path, capsys):

@@ -18,7 +18,7 @@ _BBOX_HELP = ("lon/lat box W,S,E,N (write --bbox=W,S,E,N when W is negative); W 
 
 def cmd_query(a) -> int:
     from reefmap.products.export import export, output_format
-    from reefmap.products.query import query, summary
+    from reefmap.products.query import query, stale_note, summary
 
     if a.bbox is None and a.geometry is None:
         raise InvalidParameter("give the region: --bbox=W,S,E,N (lon/lat) and/or --geometry FILE.geojson")
@@ -35,6 +35,8 @@ def cmd_query(a) -> int:
     else:
         print(f"wrote {path} ({fmt}, {s['shape']['y']}x{s['shape']['x']} px, {s['crs']}, level {s['level']}); "
               f"{100 * s['complete_fraction']:.1f}% of its pixels are in finished tiles")
+        if stale_note(s):
+            print(f"WARNING: {stale_note(s)}")
     return 0
 
 

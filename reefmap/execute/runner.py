@@ -8,6 +8,7 @@ through the one bounded-submit loop, ``reefmap.execute.loop``) → a ``RunSummar
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,9 +22,11 @@ from reefmap.execute.executors import Distributed, InProcess, open_executor
 from reefmap.execute.loop import chain, submit_bounded
 from reefmap.execute.progress import RunProgress
 from reefmap.planning.plan import Plan, plan_tiles
+from reefmap.products.overviews import refresh_overviews
 from reefmap.store.format import TileState, is_finished
 from reefmap.store.mapstore import MapStore, code_version
 
+log = logging.getLogger("reefmap.execute")
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -127,7 +130,8 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
     ``stop`` (a ``threading.Event``) ends the run early and cleanly (nothing new is submitted, tiles in flight finish;
     their writes are idempotent, so an abandoned one is simply redone by the next run) and the summary says
     ``stopped``. ``on_outcome`` is called with each ``TileOutcome``. ``states``: the store's tile states when the
-    caller has just read them (else they are read here).
+    caller has just read them (else they are read here). At the end (unless stopped) the map's existing overviews
+    are brought up to date with the tiles that finished (``refresh_store_overviews``).
     """
     if executor is None:
         with InProcess() as ex:
@@ -142,12 +146,29 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
     submit_bounded(groups, plan, job, executor, limit=executor.depth(options.max_in_flight), stop=stop,
                    on_outcome=chain(progress.on_outcome, on_outcome))
     progress.close()
+    stopped = bool(stop is not None and stop.is_set() and progress.n < len(tiles))
+    if not stopped:
+        refresh_store_overviews(store)
     return RunSummary(
         store=store.url, planned=plan.count, already_finished=plan.count - len(tiles), computed=progress.n,
         done=progress.counts["done"], skipped=progress.counts["skipped"], failed=progress.counts["failed"],
         seconds=time.perf_counter() - t0, megapixels=progress.pixels / 1e6, failures=dict(progress.failures),
-        stopped=bool(stop is not None and stop.is_set() and progress.n < len(tiles)),
+        stopped=stopped,
     )
+
+
+def refresh_store_overviews(store: MapStore) -> None:
+    """Bring the store's existing overviews up to date (``refresh_overviews``: only the chunks over tiles whose state
+    changed; nothing when none did or the map has none). A failure is logged, not raised: the tiles are written, and
+    a query at a stale level says how many of its tiles are stale."""
+    try:
+        r = refresh_overviews(store)
+    except Exception as e:  # noqa: BLE001 - derived data: never fail a finished run because of it
+        log.warning(f"{store.url}: the map's overviews could not be refreshed ({type(e).__name__}: {e}); refresh "
+                    f"them with `reefmap overviews {store.url}`")
+        return
+    if r is not None and not r["up_to_date"]:
+        log.info(f"{store.url}: overviews refreshed for {r['tiles_updated']} tiles ({r['chunks_written']} chunks)")
 
 
 def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: int = 1024, halo: int | None = None,
