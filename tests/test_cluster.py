@@ -467,6 +467,31 @@ def test_local_workers_start_without_dasks_malloc_trim_threshold():
         client.shutdown()
 
 
+def _profiling() -> bool:
+    import dask
+
+    return bool(dask.config.get("distributed.worker.profile.enabled"))
+
+
+def test_local_workers_run_without_the_statistical_profiler(monkeypatch):
+    """Its per-second history made every worker grow with each tile (benchmarks/bench_soak.py); an environment
+    variable that asks for it still wins, and this process's own dask config is left alone."""
+    env = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
+    monkeypatch.delenv(env, raising=False)
+    client = cluster.launch("local", n_workers=1)
+    try:
+        assert list(client.run(_profiling).values()) == [False]
+    finally:
+        client.shutdown()
+    assert _profiling()
+    monkeypatch.setenv(env, "True")
+    client = cluster.launch("local", n_workers=1)
+    try:
+        assert list(client.run(_profiling).values()) == [True]
+    finally:
+        client.shutdown()
+
+
 def test_connected_workers_asks_the_scheduler_not_the_clients_cache():
     import logging
 

@@ -60,17 +60,42 @@ def test_cog_export_is_valid_and_georeferenced(utm_map, tmp_path):
     assert validate_cog(out) == []
     with rasterio.open(out) as src:
         assert src.crs.to_epsg() == 32618 and src.transform == GB.transform
-        assert src.nodata == 255 and src.dtypes == ("uint8",) and src.overviews(1) == [2, 4]
+        assert src.nodata == 255 and src.dtypes == ("uint8", "uint8") and src.overviews(1) == [2, 4]
         assert src.block_shapes[0] == (256, 256) and src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
-        assert src.tags()["UNFINISHED_VALUE"] == "254" and src.scales == (0.004,)
-        data = src.read(1)
-    want = np.where(fin, prob, UNFINISHED)
-    np.testing.assert_array_equal(data, want)
+        assert src.descriptions == ("reef_probability", "unfinished") and src.scales == (0.004, 0.004)
+        data, unfinished = src.read()
+    np.testing.assert_array_equal(data, np.where(fin, prob, PROB_NODATA))
+    np.testing.assert_array_equal(unfinished, np.where(fin, 0, 250))
     out2 = export(res, tmp_path / "c.tif", layer="classification")
     assert validate_cog(out2) == []
     with rasterio.open(out2) as src:
         np.testing.assert_array_equal(src.read(1), np.where(fin, cls, UNFINISHED))
         assert src.nodata == 0 and src.colormap(1)[UNFINISHED][:3] == (90, 90, 90)
+
+
+def test_probability_cog_of_a_partial_map_decodes_to_probabilities_or_masked(utm_map, tmp_path):
+    """Every reader decodes the probability GeoTIFF to values in [0, 1] or masks them; unfinished pixels are masked
+    (band 1) and told apart by the ``unfinished`` band, at full resolution and in the overviews."""
+    import rioxarray
+
+    url, prob, cls, st, fin = utm_map
+    out = export(query(url, bbox=WHOLE), tmp_path / "p.tif")
+    nodata = prob == PROB_NODATA
+    da = rioxarray.open_rasterio(out, mask_and_scale=True)
+    p = da.sel(band=1).values
+    assert np.nanmin(p) == 0.0 and np.nanmax(p) == 1.0  # 254 "unfinished" once decoded as 1.016
+    np.testing.assert_array_equal(np.isnan(p), ~fin | nodata)
+    np.testing.assert_allclose(p[fin & ~nodata], prob[fin & ~nodata] / 250, rtol=1e-6)
+    np.testing.assert_array_equal(da.sel(band=2).values, np.where(fin, 0.0, 1.0))
+    with rasterio.open(out) as src:  # GDAL, through rasterio: nodata covers unfinished pixels
+        m = src.read(1, masked=True)
+        np.testing.assert_array_equal(m.mask, ~fin | nodata)
+        assert (m.compressed() * src.scales[0] <= 1.0).all()
+    for level in (0, 1):
+        with rasterio.open(out, OVERVIEW_LEVEL=level) as ov:
+            m, u = ov.read(1, masked=True), ov.read(2)
+            assert m.compressed().max() <= 250 and u.max() <= 250 and (m.mask | (u < 250)).all()
+            assert 0 < (u == 250).sum() and m.mask.any() and not m.mask.all()
 
 
 def test_cog_validator_rejects_a_plain_geotiff(tmp_path):

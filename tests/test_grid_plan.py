@@ -96,6 +96,19 @@ def test_tiles_touching_splits_a_box_crossing_the_antimeridian():
         g.geobox.window_of_bbox(BBox(170, -20, -170, -10))
 
 
+def test_bbox_pieces_take_each_longitude_once_on_a_grid_past_the_globe():
+    # 7201 columns of 0.05° from -180.025°: the first and the last column both straddle ±180°
+    gb = GeoBox(Shape(3600, 7201), Affine(0.05, 0, -180.025, 0, -0.05, 90.0), "EPSG:4326")
+    (p,) = gb.bbox_pieces("170,-20,180,-10")
+    assert (p.window.col_start, p.window.col_stop, p.x_shift) == (7000, 7201, 0)
+    a, b = gb.bbox_pieces("170,-20,-170,-10", contiguous=True)  # the west end continues after the last column
+    assert (a.window.col_start, a.window.col_stop, b.window.col_start, b.window.col_stop) == (7000, 7201, 1, 201)
+    assert b.x_shift == 360
+    # a grid from 0° to 360°: the pieces' shifts put them back where the box lies
+    a, b = GeoBox(Shape(3600, 7200), Affine(0.05, 0, 0.0, 0, -0.05, 90.0), "EPSG:4326").bbox_pieces("-10,-20,10,-10")
+    assert (a.window.col_start, a.x_shift, b.window.col_stop, b.x_shift) == (7000, -360, 200, 0)
+
+
 def test_plan_bbox_uses_the_one_rule():
     gb = UTM.geographic_bounds()
     box = BBox(gb.left, gb.bottom, (gb.left + gb.right) / 2, gb.top)

@@ -29,6 +29,33 @@ def test_segment_is_identical_whatever_the_tile_size(memory_mosaic, random_bundl
     assert ds.rio.crs == da.rio.crs and ds.rio.transform() == da.rio.transform()
 
 
+@pytest.mark.parametrize("width,tile", [(791, 256), (2064, None)])  # None: the default 1024 px chunks
+def test_segment_writes_to_zarr_when_an_edge_sliver_joins_the_last_chunk(tmp_path, random_bundle, width, tile):
+    """An edge strip narrower than the halo (23 px at tile 256, 16 px at 1024) is merged into the last chunk for the
+    computation; the result still has regular chunks, so ``to_zarr`` takes it, and what it writes is exact."""
+    from affine import Affine
+
+    from conftest import textured
+    from reefmap.geometry.grid import GeoBox, Shape
+    from reefmap.sources import memory_reader
+    from reefmap.sources.base import reader_to_dataarray
+
+    arr = textured((200, width), seed=4, nodata_box=(0, 50, 0, 60))
+    reader = memory_reader(arr, GeoBox(Shape(200, width), Affine(30.0, 0, 200000.0, 0, -30.0, 2700000.0), "EPSG:32618"),
+                           nodata=0, band_names=["red", "green", "blue"])
+    try:
+        model = load_model(random_bundle)
+        ds = segment(reader_to_dataarray(reader, chunks=1024), model, tile=tile, screen=False)
+        ds.to_zarr(tmp_path / "seg.zarr", consolidated=False)
+        back = xr.open_zarr(tmp_path / "seg.zarr", consolidated=False).compute()
+    finally:
+        reader.release()
+    ref_prob, ref_cls = whole_image(arr, model)
+    np.testing.assert_array_equal(back.classification.values, ref_cls)
+    prob = back.reef_probability.values
+    np.testing.assert_array_equal(np.where(np.isnan(prob), 255, np.round(prob * 250)).astype(np.uint8), ref_prob)
+
+
 def test_a_short_halo_shows_seams(memory_mosaic, random_bundle):
     """The property above is not vacuous: with halo 4 the tiled result differs from the whole image."""
     da, arr = memory_mosaic

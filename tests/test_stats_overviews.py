@@ -139,6 +139,50 @@ def test_stats_across_the_antimeridian_and_in_projected_maps(tmp_path):
     assert s["area_method"] == "areal-scale"
 
 
+@pytest.fixture(scope="module")
+def world_maps(tmp_path_factory, random_bundle):
+    """Maps of the real global GeoTIFF world.rgb.tif (EPSG:4326, 512×256 pixels of 0.703125°, -180..180°) and of the
+    same picture with one more column past 180° (a global raster that overlaps itself by a column), run on the
+    tiles east of 0° only (the western tiles stay pending)."""
+    import rasterio
+
+    from reefmap.execute.runner import run
+    from reefmap.sources import open_mosaic
+
+    from conftest import shared_data
+
+    src = shared_data("real", "world.rgb.tif")
+    tmp = tmp_path_factory.mktemp("world")
+    with rasterio.open(src) as f:
+        data, profile = f.read(), f.profile
+    wide = tmp / "world_plus_one_column.tif"
+    profile.update(width=data.shape[2] + 1, tiled=False)
+    profile.pop("blockxsize", None), profile.pop("blockysize", None)
+    with rasterio.open(wide, "w", **profile) as f:
+        f.write(np.concatenate([data, data[:, :, :1]], axis=2))
+    maps = []
+    for path in (src, wide):
+        out = tmp / (path.stem + ".zarr")
+        run(open_mosaic(str(path)), random_bundle.path, out, tile=64, bbox=(0, -90, 180, 90), client="inprocess",
+            progress=False)
+        maps.append(str(out))
+    return maps
+
+
+def test_stats_of_a_box_crossing_the_antimeridian_equal_its_halves_on_a_real_global_map(world_maps):
+    for m in world_maps:
+        both = stats(m, bbox=(170, -20, -170, -10))
+        east, west = stats(m, bbox=(170, -20, 180, -10)), stats(m, bbox=(-180, -20, -170, -10))
+        assert both["pixels"] == east["pixels"] + west["pixels"] == 2 * 15 * 15, m
+        for k in ("area_km2", "unfinished_area_km2", "reef_area_km2", "expected_reef_area_km2"):
+            assert both[k] == pytest.approx(east[k] + west[k], rel=1e-9), (m, k)
+        assert both["area_km2"] == pytest.approx(2 * geod_area(169.453125, -20.390625, 180, -9.84375) * 1e-6, rel=1e-7)
+        assert east["unfinished_area_km2"] == 0 and west["unfinished_area_km2"] == pytest.approx(both["area_km2"] / 2)
+        q = query(m, bbox=(170, -20, -170, -10))
+        dx = np.diff(q.x.values)  # one regular grid from 170° to 190°, not past it
+        assert q.sizes["x"] == 30 and np.allclose(dx, 0.703125) and 169.45 < q.x.values[0] and q.x.values[-1] < 190.55
+
+
 def test_cli_stats(reef_map, capsys):
     assert cli(["stats", reef_map.url, "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
@@ -223,7 +267,7 @@ def test_overviews_values_layout_and_root_untouched(ov_map, monkeypatch):
     MapStore.create_or_open(store.url, grid, {"model": "synthetic"}, {})  # a resumed run still opens the map
 
 
-def test_query_resolution_uses_the_best_level_and_updates_are_incremental(ov_map):
+def test_query_resolution_uses_the_best_level_and_updates_are_incremental(ov_map, capsys):
     store, prob, cls, states = ov_map
     build_overviews(store.url, levels=3)
     assert query(store.url, bbox=(141, -12, 143, -11), resolution=0.005).attrs["level"] == 0
@@ -244,6 +288,10 @@ def test_query_resolution_uses_the_best_level_and_updates_are_incremental(ov_map
     s.mark(TileIndex(2, 3), TileState.DONE)
     stale = query(store.url, resolution=0.04)
     assert stale.attrs["stale_overview_tiles"] == 1 and (stale.classification.values[16:24, 24:32] == UNFINISHED).all()
+    assert open_map(store.url, level=2).attrs["stale_overview_tiles"] == 1
+    assert stats(store.url, resolution=0.04)["stale_overview_tiles"] == 1  # the numbers say they are stale
+    assert cli(["stats", store.url, "--resolution", "0.04"]) == 0
+    assert "WARNING: overview level 2 is stale: 1 tile(s) finished since it was built" in capsys.readouterr().out
     up = build_overviews(store.url, levels=3)
     assert up["tiles_updated"] == 1 and up["chunks_written"] == 2 * 3 and not up["full"]
     assert build_overviews(store.url, levels=3)["up_to_date"]
@@ -256,6 +304,46 @@ def test_query_resolution_uses_the_best_level_and_updates_are_incremental(ov_map
         np.testing.assert_array_equal(lv.reef_probability.values, p)
         np.testing.assert_array_equal(lv.classification.values, c)
     assert query(store.url, resolution=0.04).attrs["stale_overview_tiles"] == 0
+
+
+def test_a_run_refreshes_the_overviews_built_when_the_map_was_partial(memory_mosaic, random_bundle, tmp_path):
+    """The issue's scenario: overviews built at ~17% done, then the run finishes. The numbers at the overview level
+    equal the level-0 answer at both moments (before the fix they stayed at 17% complete after the run)."""
+    import shutil
+
+    from reefmap.execute.runner import run
+    from reefmap.geometry.grid import BBox
+
+    da, _ = memory_mosaic  # 700 x 900 px of 30 m (UTM 18N): 6 x 8 tiles of 128 px
+    url = str(tmp_path / "m.zarr")
+    t = da.rio.transform()
+    part = BBox(t.c, t.f - 256 * 30, t.c + 384 * 30, t.f)  # 2 x 3 tiles of 48: 12.5% of the tiles (17% of pixels)
+    run(da, random_bundle.path, url, tile=128, bbox=part, bbox_crs="EPSG:32618", client="inprocess", progress=False)
+    build_overviews(url, levels=2)
+
+    def both():
+        return stats(url), stats(url, resolution=120)  # level 0; level 2 (120 m pixels)
+
+    def agree(s0, s2):
+        assert s2["level"] == 2 and s2["stale_overview_tiles"] == 0
+        assert s2["complete_fraction"] == pytest.approx(s0["complete_fraction"], abs=1e-12)
+        for k in ("area_km2", "unfinished_area_km2"):
+            assert s2[k] == pytest.approx(s0[k], rel=1e-6, abs=1e-9), k
+
+    s0, s2 = both()
+    assert 0.15 < s0["complete_fraction"] < 0.2
+    agree(s0, s2)
+    run(da, random_bundle.path, url, tile=128, client="inprocess", progress=False)
+    s0, s2 = both()
+    assert s0["complete_fraction"] == 1.0 and s0["unfinished_area_km2"] == 0.0
+    agree(s0, s2)
+    # the refreshed levels are what a full build writes
+    shutil.copytree(url, tmp_path / "full.zarr")
+    build_overviews(str(tmp_path / "full.zarr"), levels=2, full=True)
+    for k in (1, 2):
+        a = xr.open_zarr(url, group=f"overviews/{k}", consolidated=False, mask_and_scale=False)
+        b = xr.open_zarr(tmp_path / "full.zarr", group=f"overviews/{k}", consolidated=False, mask_and_scale=False)
+        xr.testing.assert_equal(a[["reef_probability", "classification"]], b[["reef_probability", "classification"]])
 
 
 def test_overview_bad_input(ov_map, tmp_path, capsys):

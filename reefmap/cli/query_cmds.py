@@ -17,7 +17,7 @@ _BBOX_HELP = "lon/lat box W,S,E,N, e.g. --bbox -78.5,24,-77.5,25; W > E crosses 
 
 def cmd_query(a) -> int:
     from reefmap.products.export import export, output_format
-    from reefmap.products.query import query, summary
+    from reefmap.products.query import query, stale_note, summary
 
     if a.bbox is None and a.geometry is None:
         raise InvalidParameter("give the region: --bbox=W,S,E,N (lon/lat) and/or --geometry FILE.geojson")
@@ -34,6 +34,8 @@ def cmd_query(a) -> int:
     else:
         print(f"wrote {path} ({fmt}, {s['shape']['y']}x{s['shape']['x']} px, {s['crs']}, level {s['level']}); "
               f"{100 * s['complete_fraction']:.1f}% of its pixels are in finished tiles")
+        if stale_note(s):
+            print(f"WARNING: {stale_note(s)}")
     return 0
 
 
@@ -64,7 +66,8 @@ def add_commands(subparsers) -> None:
     """Register ``query``, ``stats`` and ``overviews`` on an argparse subparsers object."""
     q = subparsers.add_parser("query", help="export a region of a map: COG .tif, NetCDF .nc, .zarr or a .png picture",
                               description="Cut a lon/lat box or polygon out of a map and write it by the output's "
-                                          "extension. Unfinished tiles are kept visible (code 254 / tile_state).")
+                                          "extension. Unfinished tiles are kept visible (classification 254, tile_state; "
+                                          "a probability .tif masks them and marks them in its band 2).")
     q.add_argument("store", help="the map: a path or URL (gs://, memory://, file://)")
     q.add_argument("--bbox", help=_BBOX_HELP)
     q.add_argument("--geometry", help="a GeoJSON file with a lon/lat (Multi)Polygon; pixels outside are masked")

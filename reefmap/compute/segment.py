@@ -27,7 +27,9 @@ def segment(mosaic, model=None, *, halo: int | None = None, tile: int | None = N
     mosaic's grid and CRS — the same values a stored map decodes to.
 
     Built on ``dask.array.map_overlap(depth=halo, boundary="none")``; ``tile`` rechunks first (default: the
-    mosaic's own chunks). Nothing runs until you compute.
+    mosaic's own chunks; an edge strip narrower than the halo is computed with its neighbour). The result has
+    regular chunks (all as large as the first, the last smaller), so ``.to_zarr`` takes it as it is. Nothing runs
+    until you compute.
     """
     model = load_model(model) if model is None or not hasattr(model, "predict") else model
     meta = model.meta
@@ -60,6 +62,8 @@ def segment(mosaic, model=None, *, halo: int | None = None, tile: int | None = N
     out = da.map_overlap(_overlap_block, arr, depth={0: 0, 1: halo, 2: halo}, boundary="none", trim=True,
                          dtype=np.uint8, chunks=ov_chunks, model=model, nodata=nodata, screen=screen,
                          meta=np.empty((0, 0, 0), np.uint8))
+    # regular chunks again (a merged edge sliver made the last one larger than the first, which Zarr refuses)
+    out = out.rechunk((2, merged[0][0], merged[1][0]))
     coords = {k: v for k, v in mosaic.coords.items() if k in ("y", "x", "spatial_ref")}
     prob = xr.DataArray(out[0], dims=("y", "x"), coords=coords)
     prob = xr.where(prob == PROB_NODATA, np.float32(np.nan), prob.astype(np.float32) / np.float32(PROB_SCALE))

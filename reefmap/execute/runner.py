@@ -25,6 +25,7 @@ from reefmap.execute.progress import RunProgress
 from reefmap.geometry.crs import is_geographic
 from reefmap.geometry.grid import BBox, Shape
 from reefmap.planning.plan import Plan, plan_tiles
+from reefmap.products.overviews import refresh_overviews
 from reefmap.sources import urls
 from reefmap.store.format import TileState, is_finished
 from reefmap.store.integrity import states_for_run
@@ -34,6 +35,7 @@ log = logging.getLogger("reefmap.execute")
 
 #: the default tile (Zarr chunk) size in pixels
 DEFAULT_TILE = 1024
+
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -168,7 +170,8 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
     ``stopped``. ``on_outcome`` is called with each ``TileOutcome``. ``states``: the store's tile states when the
     caller has just read them (else they are read here, and the finished tiles checked: existence and size of their
     chunks, or their checksums with ``options.verify``; damaged ones are recomputed and listed in ``damaged``;
-    a caller passing checked ``states`` passes the ``damaged`` it found with them).
+    a caller passing checked ``states`` passes the ``damaged`` it found with them). At the end (unless stopped)
+    the map's existing overviews are brought up to date with the tiles that finished (``refresh_store_overviews``).
     """
     if executor is None:
         with InProcess() as ex:
@@ -186,12 +189,30 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
     submit_bounded(groups, plan, job, executor, limit=executor.depth(options.max_in_flight), stop=stop,
                    on_outcome=chain(progress.on_outcome, on_outcome))
     progress.close()
+    stopped = bool(stop is not None and stop.is_set() and progress.n < len(tiles))
+    if not stopped:
+        refresh_store_overviews(store)
     return RunSummary(
         store=urls.redact(store.url), planned=plan.count, already_finished=plan.count - len(tiles), computed=progress.n,
         done=progress.counts["done"], skipped=progress.counts["skipped"], failed=progress.counts["failed"],
         seconds=time.perf_counter() - t0, megapixels=progress.pixels / 1e6, failures=dict(progress.failures),
-        stopped=bool(stop is not None and stop.is_set() and progress.n < len(tiles)), damaged=damaged,
+        stopped=stopped, damaged=damaged,
     )
+
+
+def refresh_store_overviews(store: MapStore) -> None:
+    """Bring the store's existing overviews up to date (``refresh_overviews``: only the chunks over tiles whose state
+    changed; nothing when none did or the map has none). A failure is logged, not raised: the tiles are written, and
+    a query at a stale level says how many of its tiles are stale."""
+    try:
+        r = refresh_overviews(store)
+    except Exception as e:  # noqa: BLE001 - derived data: never fail a finished run because of it
+        log.warning(f"{urls.redact(store.url)}: the map's overviews could not be refreshed ({type(e).__name__}: "
+                    f"{urls.redact_text(str(e))}); refresh them with `reefmap overviews {urls.redact(store.url)}`")
+        return
+    if r is not None and not r["up_to_date"]:
+        log.info(f"{urls.redact(store.url)}: overviews refreshed for {r['tiles_updated']} tiles "
+                 f"({r['chunks_written']} chunks)")
 
 
 def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: int = DEFAULT_TILE, halo: int | None = None,

@@ -127,8 +127,8 @@ def split_antimeridian(bbox: BBox) -> list[BBox]:
 @dataclass(frozen=True)
 class BoxPiece:
     """One stretch of a grid that a box covers: its pixel ``window``, and ``x_shift`` to add to the piece's x
-    coordinates so that it lies east of the piece before it (one wrap period for the eastern piece of a box
-    crossing the antimeridian on a grid that goes round the globe; else 0)."""
+    coordinates so that it lies where the box does, east of the piece before it (whole wrap periods on a grid
+    that goes round the globe, e.g. one period for the eastern piece of a box crossing the antimeridian; else 0)."""
 
     window: Window
     x_shift: float = 0.0
@@ -213,43 +213,56 @@ class GeoBox:
         A lon/lat box (``bbox_crs`` geographic) with W > E crosses the antimeridian and is split there; each
         piece is clipped to where this grid's CRS is defined (latitudes within the Mercator square; the grid's
         lon/lat extent for a grid that does not go round the globe), transformed (51 points per edge) and turned
-        into the pixels it touches; box edges within 1e-6 pixel of a pixel edge count as on it. On a grid that
-        wraps (geographic or Mercator) the piece is also tried one period east and west.
+        into the pixels it touches; box edges within 1e-6 pixel of a pixel edge count as on it.
 
-        One piece for a box that covers one continuous stretch of the grid; two (the second with ``x_shift`` =
-        one period) for a box crossing the antimeridian on a grid that wraps around it. ``contiguous=True``
-        refuses (``BBoxError``) two pieces that do not join across the antimeridian. Raises ``BBoxError``
-        naming ``what`` and its extent when the box misses the grid.
+        On a grid whose CRS wraps (geographic or Mercator) the box is one x interval (its eastern piece one period
+        east of its western one), moved by whole periods so that it starts within one period east of the grid's
+        west edge: each longitude is taken once, even on a grid that spans a little more than the globe (one
+        column past ±180°). The part of the interval past the grid's east edge continues at the grid's west end
+        (the first column not already taken): a second piece, one period further east (``x_shift``; the
+        first piece's shift puts it back where the box starts, 0 for a grid from -180° to 180°). ``contiguous=True``
+        refuses (``BBoxError``) two pieces that do not join across the antimeridian (a grid that falls short of
+        the globe). Raises ``BBoxError`` naming ``what`` and its extent when the box misses the grid.
         """
         box = bbox if isinstance(bbox, BBox) else BBox.parse(bbox)
         crs = norm_crs(bbox_crs)
         period = wrap_period(self.crs)
-        found: list[Window] = []
-        for part in split_antimeridian(box) if is_geographic(crs) else [box]:
-            sb = self._box_in_my_crs(part, crs)
-            if sb is None:
-                continue
-            for shift in (0.0, period, -period) if period else (0.0,):
-                w = self.pixel_window(BBox(sb.left + shift, sb.bottom, sb.right + shift, sb.top))
-                if w is not None and w not in found:
-                    found.append(w)
-        if not found:
+        parts = [self._box_in_my_crs(part, crs) for part in (split_antimeridian(box) if is_geographic(crs) else [box])]
+        parts = [p for p in parts if p is not None]
+        if period is None or not parts:
+            found = [w for w in map(self.pixel_window, parts) if w is not None]
+            found = [Window(min(w.row_start for w in found), max(w.row_stop for w in found),
+                            min(w.col_start for w in found), max(w.col_stop for w in found))] if found else []
+            pieces = [BoxPiece(w) for w in found]
+        else:
+            lo, hi = parts[0].left, parts[-1].right + (period if len(parts) > 1 else 0.0)
+            pieces = self._wrapped_pieces(lo, min(hi, lo + period), min(p.bottom for p in parts),
+                                          max(p.top for p in parts), period)
+        if not pieces:
             raise BBoxError(f"bbox W={box.left}, S={box.bottom}, E={box.right}, N={box.top} does not intersect {what}, "
                             f"whose extent is {self._extent_text()}; pick a box inside it")
-        r0, r1 = min(w.row_start for w in found), max(w.row_stop for w in found)
-        found = [Window(r0, r1, w.col_start, w.col_stop) for w in found]
-        a, b = found[0], found[-1]
-        if (len(found) == 1 or period is None or (b.col_start <= a.col_stop and a.col_start <= b.col_stop)
-                or b.col_start >= a.col_stop):
-            # one continuous stretch of the grid (overlapping, adjacent, or already in west-to-east order)
-            return [BoxPiece(Window(r0, r1, min(w.col_start for w in found), max(w.col_stop for w in found)))]
-        # a box crossing the antimeridian on a wrapping grid: the first piece at the grid's east end, the second at its west end
-        t = self.transform
-        gap = (t.c + t.a * b.col_start + period) - (t.c + t.a * a.col_stop)
-        if contiguous and abs(gap) > abs(t.a) * 0.5:
-            raise BBoxError(f"bbox {tuple(box)} crosses the antimeridian, but {what} does not wrap around it "
-                            f"continuously (its extent is {self._extent_text()}); split the box at 180°")
-        return [BoxPiece(a), BoxPiece(b, period)]
+        if len(pieces) == 2 and contiguous:
+            t = self.transform
+            a, b = pieces[0].window, pieces[1].window
+            gap = (t.c + t.a * b.col_start + period) - (t.c + t.a * a.col_stop)
+            if abs(gap) > abs(t.a) * 0.5:
+                raise BBoxError(f"bbox {tuple(box)} crosses the antimeridian, but {what} does not wrap around it "
+                                f"continuously (its extent is {self._extent_text()}); split the box at 180°")
+        return pieces
+
+    def _wrapped_pieces(self, lo: float, hi: float, bottom: float, top: float, period: float) -> list[BoxPiece]:
+        """``bbox_pieces`` of the x interval [lo, hi] (this grid's CRS, at most one period) on a wrapping grid;
+        the pieces' x shifts put them back where the interval lies."""
+        g = self.bounds
+        k = math.floor((lo - g.left) / period)
+        lo, hi = lo - k * period, hi - k * period  # now g.left <= lo < g.left + period
+        first = self.pixel_window(BBox(lo, bottom, min(hi, g.right), top)) if lo < g.right else None
+        rest = self.pixel_window(BBox(max(lo, g.right) - period, bottom, hi - period, top)) if hi > g.right else None
+        pieces = [BoxPiece(first, k * period)] if first is not None else []
+        if rest is not None and (first is None or rest.col_start < first.col_start):  # else a whole period: once
+            stop = rest.col_stop if first is None else min(rest.col_stop, first.col_start)
+            pieces.append(BoxPiece(Window(rest.row_start, rest.row_stop, rest.col_start, stop), (k + 1) * period))
+        return pieces
 
     def window_of_bbox(self, bbox: BBox | str, bbox_crs: Any = "EPSG:4326", *, what: str = "the mosaic") -> Window:
         """The pixel window covering ``bbox`` (in ``bbox_crs``), clipped to this grid (``bbox_pieces``' rule).

@@ -5,11 +5,15 @@ Encodings (the codes of ``reefmap.store.format``; probability p is stored as the
 ``round(p · PROB_SCALE)``):
 
 - **COG** (one layer per file; GDAL's COG driver, DEFLATE, 256-px tiles, internal overviews):
-  ``reef_probability`` uint8 0..PROB_SCALE with band scale 1/PROB_SCALE, **UNFINISHED = unfinished tile**,
-  nodata PROB_NODATA; ``classification`` uint8 class codes with a colour table, **UNFINISHED = unfinished
-  tile**, nodata CLASS_NODATA. The tags ``UNFINISHED_VALUE``, ``NODATA_VALUE``, ``COMPLETE_FRACTION``,
-  ``LAYER``, ``ENCODING`` give the values. Overviews: classification by MODE; probability by AVERAGE when the
-  export is complete, else NEAREST (so that averaging never blends the UNFINISHED flag into probabilities).
+  ``reef_probability``: band 1 uint8 0..PROB_SCALE with band scale 1/PROB_SCALE, nodata PROB_NODATA for
+  nodata, **unfinished tiles** and outside the polygon (every reader — GDAL, rasterio ``masked=True``,
+  rioxarray ``mask_and_scale=True`` — decodes a probability in [0, 1] or masks it); band 2 ``unfinished``
+  says which masked pixels are unfinished: PROB_SCALE (decodes to 1 with the same scale) where the pixel's tile
+  is not finished, 0 elsewhere. ``classification`` uint8 class codes with a colour table, **UNFINISHED =
+  unfinished tile** (a flag value), nodata CLASS_NODATA. The tags ``NODATA_VALUE``, ``COMPLETE_FRACTION``,
+  ``LAYER``, ``ENCODING`` (and ``UNFINISHED_VALUE`` for classification) give the values. Overviews:
+  classification by MODE; probability by AVERAGE (nodata excluded: an overview pixel's probability averages
+  its finished pixels, its ``unfinished`` value is the share of unfinished ones).
 - **NetCDF** (netCDF4/HDF5, zlib) and **Zarr**: the layers asked for plus ``tile_state`` (always), each with CF
   attributes and ``grid_mapping = "spatial_ref"`` (a CF grid-mapping variable with ``crs_wkt``);
   ``reef_probability`` packed as uint8 (``scale_factor`` 1/PROB_SCALE, ``_FillValue`` PROB_NODATA: it decodes
@@ -72,17 +76,23 @@ def resolve_layer(fmt: str, layer: str | None) -> tuple[str, ...]:
 # encodings
 # ------------------------------------------------------------------------------------------------------------
 def probability_codes(ds):
-    """reef_probability as uint8 (lazy): round(p·PROB_SCALE), UNFINISHED where the tile is unfinished, PROB_NODATA
-    for nodata and outside the polygon."""
+    """reef_probability as uint8 (lazy): round(p·PROB_SCALE), PROB_NODATA where there is no probability (nodata,
+    an unfinished tile, outside the polygon)."""
     import xarray as xr
 
     p = ds["reef_probability"]
-    code = xr.where(p.isnull(), np.uint8(PROB_NODATA), np.floor(p * PROB_SCALE + 0.5))
+    return xr.where(p.isnull(), np.uint8(PROB_NODATA), np.floor(p * PROB_SCALE + 0.5)).astype(np.uint8)
+
+
+def unfinished_codes(ds):
+    """The probability COG's ``unfinished`` band (lazy uint8): PROB_SCALE where the pixel's tile is unfinished
+    (decoding to 1 with the probability's scale), else 0."""
+    import xarray as xr
+
     if "tile_state" not in ds:
-        return code.astype(np.uint8)
+        return xr.zeros_like(ds["reef_probability"], dtype=np.uint8)
     st = ds["tile_state"]
-    unfinished = ~is_finished(st) & (st != OUTSIDE)
-    return xr.where(unfinished, np.uint8(UNFINISHED), code).astype(np.uint8)
+    return xr.where(~is_finished(st) & (st != OUTSIDE), np.uint8(PROB_SCALE), np.uint8(0)).astype(np.uint8)
 
 
 #: the root attributes that mark a Zarr store as an export of this module (``_cf_dataset``)
@@ -182,7 +192,7 @@ def export(ds, path, *, layer: str | None = None, overwrite: bool = False) -> st
 # COG
 # ------------------------------------------------------------------------------------------------------------
 class _BandWriter:
-    """A ``da.store`` target writing blocks into band 1 of an open rasterio dataset."""
+    """A ``da.store`` target writing (band, y, x) blocks (all the bands) into an open rasterio dataset."""
 
     def __init__(self, dst):
         self.dst = dst
@@ -190,9 +200,9 @@ class _BandWriter:
     def __setitem__(self, key, value):
         from rasterio.windows import Window as RWindow
 
-        rows, cols = key
-        self.dst.write(np.asarray(value), 1, window=RWindow(cols.start, rows.start, cols.stop - cols.start,
-                                                            rows.stop - rows.start))
+        _, rows, cols = key
+        self.dst.write(np.asarray(value), window=RWindow(cols.start, rows.start, cols.stop - cols.start,
+                                                         rows.stop - rows.start))
 
 
 def _colormap() -> dict:
@@ -215,29 +225,30 @@ def _write_cog(ds, out: str, layers) -> None:
     (layer,) = layers
     gb = geobox_of(ds)
     if layer == "reef_probability":
-        data, nodata = probability_codes(ds).data, PROB_NODATA
-        resampling = "AVERAGE" if _complete_fraction(ds) >= 1.0 else "NEAREST"
+        bands, nodata, resampling = [probability_codes(ds), unfinished_codes(ds)], PROB_NODATA, "AVERAGE"
     else:
-        data, nodata = ds["classification"].data, CLASS_NODATA
-        resampling = "MODE"
-    if not hasattr(data, "rechunk"):  # a loaded Dataset: numpy
-        data = da.from_array(data)
+        bands, nodata, resampling = [ds["classification"]], CLASS_NODATA, "MODE"
+    data = da.stack([b.data if hasattr(b.data, "rechunk") else da.from_array(b.data) for b in bands])
     stage = out + ".stage.tif"
-    profile = {"driver": "GTiff", "width": gb.shape.x, "height": gb.shape.y, "count": 1, "dtype": "uint8",
+    profile = {"driver": "GTiff", "width": gb.shape.x, "height": gb.shape.y, "count": len(bands), "dtype": "uint8",
                "crs": gb.crs, "transform": gb.transform, "nodata": nodata, "tiled": True, "blockxsize": 256,
                "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
     try:
         with rasterio.open(stage, "w", **profile) as dst:
-            da.store(data.rechunk({0: 1024, 1: 1024}), _BandWriter(dst), lock=True)
+            da.store(data.rechunk({0: -1, 1: 1024, 2: 1024}), _BandWriter(dst), lock=True)
             dst.set_band_description(1, layer)
-            tags = {"LAYER": layer, "UNFINISHED_VALUE": str(UNFINISHED), "NODATA_VALUE": str(nodata),
+            tags = {"LAYER": layer, "NODATA_VALUE": str(nodata),
                     "COMPLETE_FRACTION": f"{_complete_fraction(ds):.6f}", "REEFMAP_STORE": str(ds.attrs.get("store", "")),
                     "REEFMAP_LEVEL": str(ds.attrs.get("level", 0))}
             if layer == "reef_probability":
-                dst.scales, dst.offsets = (1.0 / PROB_SCALE,), (0.0,)
-                tags["ENCODING"] = f"probability = value / {PROB_SCALE}; {UNFINISHED} = unfinished tile; {nodata} = nodata"
+                dst.set_band_description(2, "unfinished")
+                dst.scales, dst.offsets = (1.0 / PROB_SCALE,) * 2, (0.0,) * 2
+                tags["ENCODING"] = (f"band 1: probability = value / {PROB_SCALE}, {nodata} = no probability (nodata, "
+                                    f"unfinished tile or outside the polygon); band 2 unfinished: value / {PROB_SCALE} "
+                                    "= 1 where the pixel's tile is not finished yet, 0 elsewhere")
             else:
                 dst.write_colormap(1, _colormap())
+                tags["UNFINISHED_VALUE"] = str(UNFINISHED)
                 tags["ENCODING"] = (" ".join(f"{c}={n}" for n, c in [("nodata", CLASS_NODATA), *CLASSES.items()])
                                     + f" {UNFINISHED}=unfinished")
             dst.update_tags(**tags)

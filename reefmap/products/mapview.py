@@ -415,20 +415,23 @@ def open_map(store, storage_options: dict | None = None, *, level: int = 0, laye
     Variables: the ``layers`` asked for (default ``reef_probability`` and ``classification``) and ``tile_state``
     (y, x); coordinates ``x``, ``y`` (pixel centres) and ``spatial_ref`` (so ``ds.rio.crs`` and
     ``ds.rio.transform()`` work). ``level`` > 0 opens an overview level (``build_overviews``). Attributes:
-    ``complete_fraction``, ``level``, ``resolution``, ``store``, ``tile_size``. The per-tile states are
+    ``complete_fraction``, ``level``, ``resolution``, ``store``, ``tile_size``, ``stale_overview_tiles`` (tiles
+    finished since the overview level was built: unfinished there until ``build_overviews`` refreshes it). The per-tile states are
     ``tile_states(store)``. ``store`` is a path, any fsspec URL (``memory://``, ``file://``, ``gs://``) or a
     ``MapStore``.
     """
     info = inspect_map(store, storage_options)
     lvl = info.level(level)
     if lvl.states is None:
-        lvl = replace(lvl, states=info.states)
+        lvl, stale = replace(lvl, states=info.states), 0
+    else:  # an overview: the tiles finished since it was built show as unfinished there
+        stale = int(np.count_nonzero(is_finished(info.states) & ~is_finished(lvl.states)))
     win = Window(0, lvl.geobox.shape.y, 0, lvl.geobox.shape.x)
     ds = level_dataset(info, lvl, win, check_layers(layers))
     fin, n = lvl.count_finished(win)
     return georeference(ds, lvl.geobox, {"store": urls.redact(info.url), "level": lvl.index, "resolution": lvl.pixel_size,
                                          "tile_size": info.grid.tile, "complete_fraction": fin / n,
-                                         "unfinished_code": UNFINISHED})
+                                         "stale_overview_tiles": stale, "unfinished_code": UNFINISHED})
 
 
 def tile_states(store, storage_options: dict | None = None, *, level: int = 0):

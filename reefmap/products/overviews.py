@@ -8,7 +8,8 @@ Layout (a subgroup of the map; the root arrays, ``tile_status``, ``tile_errors``
   ``spatial_ref`` with the level's ``GeoTransform`` — so ``xr.open_zarr(map, group="overviews/2")`` is a
   georeferenced map of its own. Level k's pixel is 2^k × 2^k map pixels (the last row/column may be partial);
 - ``overviews/tile_status``: the tile states the overviews reflect (a snapshot taken *before* the pixels were
-  read: tiles finished later are treated as unfinished at the overview levels until the next build);
+  read: tiles finished later are treated as unfinished at the overview levels until the next build, and a query
+  or statistics answered from such a level says how many of its tiles are stale: ``stale_overview_tiles``);
 - attribute ``reefmap_overviews`` on ``overviews``: levels, factor, method, build time.
 
 Aggregation, exact over the whole 2^k × 2^k block of finished map pixels (carried as sums and counts through
@@ -18,7 +19,8 @@ nodata when none). Pixels of unfinished tiles do not contribute, and their tiles
 
 Built with dask, chunk-aligned: one task per map chunk reduces it 2×2; each level is rechunked to the tile size
 so every write is a whole Zarr chunk. Rebuilding is incremental: only the overview chunks covering tiles whose
-state changed since the last build are recomputed (``full=True`` rebuilds everything).
+state changed since the last build are recomputed (``full=True`` rebuilds everything). ``reefmap.run`` refreshes
+a map's existing overviews so at its end (``refresh_overviews``).
 """
 
 from __future__ import annotations
@@ -164,6 +166,21 @@ def build_overviews(store, levels: int | None = None, *, full: bool = False, sto
     _write_snapshot(ov, states, levels, info.grid.tile)
     summary.update(up_to_date=False, seconds=round(time.perf_counter() - t0, 3))
     return summary
+
+
+def refresh_overviews(store, storage_options: dict | None = None) -> dict | None:
+    """Bring the map's *existing* overviews up to date with its tile states: only the chunks over tiles whose state
+    changed since the last build are recomputed (``build_overviews`` with the levels the map has). Nothing is
+    written when they are up to date; None when the map has no overviews (none are made). ``reefmap.run`` calls
+    this at the end of a run."""
+    info = inspect_map(store, storage_options)
+    built = [lvl for lvl in info.levels if lvl.index > 0]
+    if not built:
+        return None
+    if np.array_equal(built[0].states, info.states):
+        return {"store": info.url, "levels": [_level_summary(lvl.index, lvl.geobox) for lvl in built],
+                "tiles_updated": 0, "chunks_written": 0, "full": False, "up_to_date": True, "seconds": 0.0}
+    return build_overviews(info, levels=len(built))
 
 
 def _level_summary(k: int, gb: GeoBox) -> dict:

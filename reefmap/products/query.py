@@ -9,8 +9,9 @@ one is given, whose tiles are finished), ``store``, ``level``, ``resolution`` (p
 tile states is read until the data are computed, and then only the chunks that intersect the subset.
 
 Boxes are lon/lat (EPSG:4326) ``W,S,E,N``; W > E means the box crosses the antimeridian. On a store whose CRS
-wraps around the globe (geographic or Mercator) the two pieces are concatenated west to east with the eastern
-piece's x shifted by one period (e.g. 170..190 in degrees), so the result stays one regular grid; on any other
+wraps around the globe (geographic or Mercator) each longitude's pixels are taken once (also on a grid a column
+wider than the globe) and the two pieces are concatenated west to east with the eastern piece's x shifted by one
+period (e.g. 170..190 in degrees), so the result stays one regular grid (``GeoBox.bbox_pieces``); on any other
 store the pieces that intersect the map are used (their bounding window). ``resolution`` is in the store CRS's
 units (degrees for EPSG:4326, metres for UTM/Web Mercator) and picks the coarsest overview level (see
 ``reefmap.products.overviews``) whose pixel size is ≤ it.
@@ -225,6 +226,15 @@ def _piece_dataset(info: MapInfo, lvl: Level, piece: Piece, layers, shapes) -> t
     return _masked(ds, mask, layers), *count_inside(shapes, lvl, piece, chunks)
 
 
+def stale_note(s: dict) -> str:
+    """One line saying that an answer came from a stale overview level ('' when it did not), for ``summary`` dicts."""
+    n = s.get("stale_overview_tiles", 0)
+    if not n:
+        return ""
+    return (f"overview level {s['level']} is stale: {n} tile(s) finished since it was built count as unfinished "
+            f"here; refresh it with `reefmap overviews {s['store']}` (or ask a finer resolution)")
+
+
 def query(store, bbox=None, geometry=None, resolution=None, layers=None, *, storage_options: dict | None = None):
     """A lazy ``xarray.Dataset``: the subset of the map ``store`` covering ``bbox`` (lon/lat W,S,E,N) and/or
     ``geometry`` (a lon/lat polygon: GeoJSON mapping, text, file or shapely geometry; pixels whose centre lies
@@ -265,7 +275,8 @@ def query(store, bbox=None, geometry=None, resolution=None, layers=None, *, stor
 
 
 def summary(ds) -> dict:
-    """A JSON-ready description of a query result: store, bbox, CRS, shape, level, resolution, completeness."""
+    """A JSON-ready description of a query result: store, bbox, CRS, shape, level, resolution, completeness, and
+    how many tiles finished since the overview level it read was built (``stale_overview_tiles``)."""
     bbox = ds.attrs.get("bbox_lonlat")
     return {"store": ds.attrs.get("store"), "bbox": None if bbox is None else [float(v) for v in bbox],
             "crs": ds.rio.crs.to_string() if ds.rio.crs is not None else None,
@@ -273,4 +284,5 @@ def summary(ds) -> dict:
             "resolution": float(ds.attrs["resolution"]) if "resolution" in ds.attrs else None,
             "complete_fraction": round(float(ds.attrs.get("complete_fraction", 0.0)), 6),
             "geometry": bool(ds.attrs.get("has_geometry", 0)),
+            "stale_overview_tiles": int(ds.attrs.get("stale_overview_tiles", 0)),
             "layers": [v for v in ds.data_vars if v != "tile_state"]}

@@ -28,7 +28,7 @@ import numpy as np
 
 from reefmap.classes import CLASSES, REEF
 from reefmap.geometry.areas import AreaModel, area_model
-from reefmap.products.query import query, summary
+from reefmap.products.query import query, stale_note, summary
 from reefmap.store.format import CLASS_NODATA, OUTSIDE, is_finished
 from reefmap.viz.render import geobox_of
 
@@ -61,7 +61,8 @@ def stats(store, bbox=None, geometry=None, *, resolution=None, storage_options: 
     or the whole map. Returns a JSON-ready dict: ``reef_area_km2`` (pixels classified reef), ``class_area_km2``
     per class (and nodata), ``expected_reef_area_km2`` (Σ p·area), ``mean_reef_probability`` (area-weighted over
     valid finished pixels), ``unfinished_area_km2``, ``area_km2``, ``complete_fraction`` (pixels),
-    ``complete_area_fraction``, the ``area_method`` and the query's level/resolution.
+    ``complete_area_fraction``, the ``area_method`` and the query's level/resolution; ``stale_overview_tiles``:
+    tiles finished since the overview level read was built, counted as unfinished (0 at level 0).
     """
     import dask
 
@@ -99,6 +100,7 @@ def stats(store, bbox=None, geometry=None, *, resolution=None, storage_options: 
         "complete_area_fraction": ((tot[_AREA] - tot[_UNFINISHED]) / tot[_AREA]) if tot[_AREA] else 0.0,
         "area_method": model.method,
         "area_method_description": model.description,
+        "stale_overview_tiles": q["stale_overview_tiles"],
     }
     for k, v in list(out.items()):
         if isinstance(v, np.floating):
@@ -115,4 +117,6 @@ def format_stats(s: dict) -> str:
              "  by class: " + ", ".join(f"{k} {v:.3f}" for k, v in s["class_area_km2"].items()) + " km²",
              f"  complete {100 * s['complete_fraction']:.1f}% of pixels; unfinished {s['unfinished_area_km2']:.3f} km²",
              f"  areas: {s['area_method']} ({s['crs']}, level {s['level']}, pixel {s['resolution']:g})"]
+    if stale_note(s):
+        lines.append(f"  WARNING: {stale_note(s)}")
     return "\n".join(lines)
