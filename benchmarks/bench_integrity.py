@@ -24,14 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def best_of(fn, n=5):
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
+from timing import best_of
 
 
 def bench_write(work: Path, tile: int) -> None:

@@ -322,7 +322,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
     from reefmap.execute.executors import InProcess, open_executor
     from reefmap.execute.loop import chain, submit_bounded
     from reefmap.execute.progress import RunProgress
-    from reefmap.execute.runner import prepare
+    from reefmap.execute.runner import prepare, refresh_store_overviews
     from reefmap.store.format import is_finished
     from reefmap.store.integrity import states_for_run
 
@@ -382,6 +382,8 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
                 summary.abandoned = True
             summary.rounds = blocks.rounds
             summary.compute_seconds = time.perf_counter() - t_compute
+        if work and not stop.is_set() and not summary.abandoned:
+            refresh_store_overviews(store)  # the map's existing overview levels follow the tiles that finished
     except AbandonRun:
         summary.abandoned = True
         lg.warning(f"{job}: abandoned the tiles in flight; they stay pending and the next run redoes them")

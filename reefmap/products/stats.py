@@ -1,21 +1,7 @@
 """Reef area statistics of a map (or a box/polygon of it): areas in km² with pixel areas true to the store's CRS.
 
-Pixel areas (m²), by the kind of CRS:
-
-- **geographic** (EPSG:4326 …): each row of pixels is a band of lat/lon cells; its cell area is exact on the CRS's
-  ellipsoid (WGS 84 for EPSG:4326): ``A = a²·Δλ/2 · |q(φ_top) − q(φ_bottom)|`` with the authalic function
-  ``q(φ) = (1−e²)·[sinφ/(1−e² sin²φ) − 1/(2e)·ln((1−e sinφ)/(1+e sinφ))]`` (for a sphere q = 2 sinφ). Closed form,
-  float64: relative error ≲ 1e-10 per pixel for pixels down to 1e-5°.
-- **cylindrical projections** (Web Mercator EPSG:3857, World Mercator, equirectangular, cylindrical equal-area):
-  rows map to latitude bands and columns to a constant Δλ, so the same exact ellipsoidal cell area is used with
-  each row's edge latitudes from PROJ's inverse (for Web Mercator this is the cos²-like shrinkage of the
-  spherical projection applied to WGS 84 latitudes — the true area, not the projected one).
-- **any other projection** (UTM, Albers, polar stereographic …): pixel area = projected pixel area / PROJ's
-  areal scale factor (``pyproj.Proj.get_factors(...).areal_scale``, which for UTM carries the 0.9996 central
-  scale and its growth away from the central meridian) at the pixel centre, evaluated on a lattice at most
-  16 pixels and 1 km apart and interpolated bilinearly in between. The areal scale is smooth (quadratic
-  across a UTM zone): measured against ``pyproj.Geod`` geodesic areas of whole boxes the relative error is
-  5e-9 for 300 m pixels and 1e-9 for 30 m pixels (< 1e-8); the tests check it to 1e-7.
+Pixel areas (m²) are exact for the store's CRS: ``reefmap.geometry.areas`` (closed-form ellipsoidal cells for
+geographic and cylindrical grids, PROJ's areal scale factor for any other projection).
 
 A pixel belongs to a box/polygon when the query selects it (box: every pixel the box touches; polygon: pixels
 whose centre is inside). Areas count only pixels of *finished* tiles; the area of unfinished tiles is reported
