@@ -31,10 +31,9 @@ import numpy as np
 from reefmap.classes import CLASSES
 from reefmap.errors import DamagedMap, InvalidParameter, NotAReefmapStore, UnknownLayer
 from reefmap.geometry.grid import BBox, GeoBox, Shape, TileGrid, Window
-from reefmap.products import storeaccess
 from reefmap.sources import urls
 from reefmap.store.format import (CLASS_NODATA, DATA_VARS, META_ATTR, OUTSIDE, PROB_NODATA, PROB_SCALE, STORE_FORMAT,
-                                  UNFINISHED, TileState, decode_meta, is_finished)
+                                  UNFINISHED, TileState, decode_meta, is_finished, has_tile_states)
 from reefmap.store.mapstore import MapStore
 
 #: the data layers a query can return (``tile_state`` is always included)
@@ -105,6 +104,7 @@ class MapInfo:
     def __init__(self, url: str, storage_options: dict, grid: TileGrid, levels: list[Level], attrs: dict, group):
         self.url, self.storage_options, self.grid, self.levels, self.attrs = url, storage_options, grid, levels, attrs
         self.group = group
+        self.store = MapStore(url, storage_options, "r", group=group)  # reads tile states through ``group``
         self._states: np.ndarray | None = None
         self._keys: np.ndarray | None = None
 
@@ -128,7 +128,7 @@ class MapInfo:
     def states(self) -> np.ndarray:
         """All tile states (a listing of the tile_status chunks, then one read per recorded tile)."""
         if self._states is None:
-            self._states = storeaccess.read_states(self.url, self.storage_options, self.group)
+            self._states = self.store.states()
         return self._states
 
     def read_states(self, mask: np.ndarray) -> np.ndarray:
@@ -142,14 +142,14 @@ class MapInfo:
             return np.where(mask, self._states, np.uint8(TileState.PENDING)).astype(np.uint8)
         if n > self.DIRECT_READS:
             if self._keys is None:
-                self._keys = storeaccess.status_keys(self.url, self.storage_options, self.group)
+                self._keys = np.array(self.store.status_keys(), dtype=np.int64).reshape(-1, 2)
             k = self._keys
             k = k[mask[k[:, 0], k[:, 1]]] if len(k) else k
             iy, ix = k[:, 0], k[:, 1]
         else:
             iy, ix = np.nonzero(mask)
         if len(iy):
-            out[iy, ix] = storeaccess.read_tile_states(self.url, self.storage_options, self.group, iy, ix)
+            out[iy, ix] = self.store.read_states(iy, ix)
         return out
 
     def tiles_mask(self, lvl: Level, windows: Iterable[Window]) -> np.ndarray:
@@ -216,7 +216,7 @@ def inspect_map(store, storage_options: dict | None = None) -> MapInfo:
     url, so = store_url(store)
     so = {**so, **(storage_options or {})}
     try:
-        g = storeaccess.open_group(url, so, "r")
+        g = MapStore(url, so, "r").open_group()
     except Exception as e:  # a missing path, a bare array, a foreign file: zarr raises several kinds
         raise NotAReefmapStore(
             f"{url!r} is not a reefmap map: no Zarr v3 group there ({type(e).__name__}: {e}); "
@@ -227,7 +227,7 @@ def inspect_map(store, storage_options: dict | None = None) -> MapInfo:
             f"{url!r} is a Zarr group but not a reefmap map (no 'reefmap' attributes with format {STORE_FORMAT!r}); "
             "give the path or URL of a map written by `reefmap run`")
     members = {k for k, _ in g.members()}
-    missing = set(DATA_VARS) - members | (set() if storeaccess.has_tile_states(members) else {"tiles/status"})
+    missing = set(DATA_VARS) - members | (set() if has_tile_states(members) else {"tiles/status"})
     if missing:
         raise NotAReefmapStore(f"{url!r} has reefmap attributes but lacks {sorted(missing)}: an incomplete or "
                                "damaged map; re-run `reefmap run` with the same --out to finish creating it")
@@ -289,7 +289,7 @@ class LevelReader:
         a = self._arrays.get(var)
         if a is None:
             if self._group is None:
-                self._group = storeaccess.open_group(self.url, self.storage_options, "r")
+                self._group = MapStore(self.url, self.storage_options, "r").open_group()
             a = self._arrays[var] = self._group[f"{self.level.path}/{var}" if self.level.path else var]
         return a
 

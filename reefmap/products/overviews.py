@@ -34,11 +34,10 @@ import numpy as np
 from reefmap.classes import CLASSES
 from reefmap.errors import InvalidParameter
 from reefmap.geometry.grid import GeoBox, TileGrid, Window
-from reefmap.products import storeaccess
 from reefmap.products.mapview import (OVERVIEWS_ATTR, OVERVIEWS_GROUP, Level, LevelReader, MapInfo, inspect_map,
                                      overview_geobox)
 from reefmap.store.format import CLASS_NODATA, DATA_VARS, PROB_NODATA, is_finished
-from reefmap.store.mapstore import write_grid_coords
+from reefmap.store.mapstore import MapStore, write_grid_coords
 
 #: the class codes counted (the mode is taken among them: ties -> the lowest code)
 _CODES = tuple(sorted(CLASSES.values()))
@@ -149,7 +148,9 @@ def build_overviews(store, levels: int | None = None, *, full: bool = False, sto
     info = inspect_map(store, storage_options)          # read-only checks: a reefmap map, axis-aligned
     levels = check_levels(levels, info.grid)
     states = info.states.copy()                          # the snapshot: read before any pixel
-    g = storeaccess.writable_group(info.url, info.storage_options)
+    writable = MapStore(info.url, info.storage_options)  # overviews are written inside the map
+    writable.check_no_symlinks()
+    g = writable.group
     old = _usable_snapshot(g, levels, states.shape, full)
     ov = g.require_group(OVERVIEWS_GROUP)
     dirty = np.argwhere(states != old) if old is not None else None

@@ -101,3 +101,8 @@ def is_finished(states):
 def is_skipped(states):
     """Elementwise: is each tile state one of the skipped states?"""
     return np.isin(states, np.array([int(s) for s in SKIPPED_STATES], np.uint8))
+
+
+def has_tile_states(members: set) -> bool:
+    """Do a map's root ``members`` hold its tile states (``tiles/status``, or a format-1 map's ``tile_status``)?"""
+    return bool(members & {TILES_GROUP, STATUS_PATH[1]})
