@@ -239,11 +239,13 @@ def _legend_grid(items, avail: int) -> tuple[int, int]:
     """(columns, rows) of the legend: as many columns as fit in ``avail`` px (matplotlib fills column by column)."""
     if not items:
         return 1, 0
-    widths = [40 + 7 * len(i.label) for i in items]
+    widths = [48 + 7.5 * len(i.label) for i in items]  # px at fontsize 10: handle, pads and spacing + text
     for ncol in range(len(items), 0, -1):
-        rows = math.ceil(len(items) / ncol)
-        if sum(max(widths[j:j + rows]) for j in range(0, len(items), rows)) <= avail:
-            return ncol, rows
+        # matplotlib splits the entries into ``ncol`` columns whose lengths differ by one at most, longer ones first
+        sizes = [len(items) // ncol + (k < len(items) % ncol) for k in range(ncol)]
+        starts = [sum(sizes[:k]) for k in range(ncol)]
+        if sum(max(widths[a:a + n]) for a, n in zip(starts, sizes)) <= avail:
+            return ncol, sizes[0]
     return 1, len(items)
 
 
