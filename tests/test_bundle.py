@@ -247,7 +247,7 @@ def test_older_bundles_load_as_before_and_convert_to_the_same_maps(random_bundle
     assert inspect_bundle(None)["classes"][2] == {"value": 3, "name": "reef", "color": "ff503c"}
     new = convert_bundle(random_bundle.path, tmp_path / "converted")
     assert new.format == "stac-mlm" and new.artifact_type == "torch.save" and new.halo == random_bundle.halo
-    assert new.mean == random_bundle.mean and new.std == random_bundle.std and new.screen == random_bundle.screen
+    assert new.kernel_scaling() == random_bundle.kernel_scaling() and new.screen == random_bundle.screen
     assert new.receptive_radius <= random_bundle.receptive_radius  # measured vs the analytic bound recorded before
     with pytest.raises(InvalidParameter, match="already a STAC MLM bundle"):
         convert_bundle(new.path, tmp_path / "again")

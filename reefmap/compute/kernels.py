@@ -36,32 +36,33 @@ def _nodata_args(nodata):
 
 
 @njit(parallel=True, cache=True)
-def _normalize(block, mean, inv_std, nodata, has_nodata, lo, hi, out, valid):
+def _normalize(block, scaling, nodata, has_nodata, lo, hi, out, valid):
     nb, ny, nx = block.shape
     for r in prange(ny):
         for c in range(nx):
             if _valid_at(block, r, c, nodata, has_nodata, lo, hi):
                 valid[r, c] = 1
                 for b in range(nb):
-                    out[b, r, c] = np.float32((np.float64(block[b, r, c]) - mean[b]) * inv_std[b])
+                    v = (np.float64(block[b, r, c]) - scaling[b, 0]) / scaling[b, 1]
+                    out[b, r, c] = np.float32(min(max(v, scaling[b, 2]), scaling[b, 3]))
             else:
                 valid[r, c] = 0
                 for b in range(nb):
                     out[b, r, c] = np.float32(0.0)
 
 
-def normalize(block: np.ndarray, mean, std, nodata=None, valid_range=(0.0, 255.0)):
+def normalize(block: np.ndarray, scaling, nodata=None, valid_range=(0.0, 255.0)):
     """uint8/any ``(band, y, x)`` → ``(float32 (band, y, x), uint8 valid (y, x))``.
 
-    A pixel is invalid when every band equals ``nodata``, any band is NaN, or any band lies outside
-    ``valid_range``; invalid pixels are 0 in the normalised output (the training mean).
+    ``scaling``: one row ``(a, b, lo, hi)`` per band (``BundleMeta.kernel_scaling()``): the value is
+    ``clip((x - a) / b, lo, hi)``. A pixel is invalid when every band equals ``nodata``, any band is NaN, or any
+    band lies outside ``valid_range``; invalid pixels are 0 in the normalised output.
     """
     nb = block.shape[0]
-    mean = np.ascontiguousarray(mean, dtype=np.float64).reshape(nb)
-    inv_std = 1.0 / np.ascontiguousarray(std, dtype=np.float64).reshape(nb)
+    scaling = np.ascontiguousarray(scaling, dtype=np.float64).reshape(nb, 4)
     out = np.empty(block.shape, np.float32)
     valid = np.empty(block.shape[1:], np.uint8)
-    _normalize(block, mean, inv_std, *_nodata_args(nodata), float(valid_range[0]), float(valid_range[1]), out, valid)
+    _normalize(block, scaling, *_nodata_args(nodata), float(valid_range[0]), float(valid_range[1]), out, valid)
     return out, valid
 
 
@@ -95,7 +96,7 @@ def screen_counts(block: np.ndarray, boxes: np.ndarray, nodata=None, valid_range
 
 
 @njit(parallel=True, cache=True)
-def _encode(probs, valid, reef_channel, prob_out, cls_out):
+def _encode(probs, valid, reef_channels, codes, prob_out, cls_out):
     nk, ny, nx = probs.shape
     for r in prange(ny):
         for c in range(nx):
@@ -109,8 +110,10 @@ def _encode(probs, valid, reef_channel, prob_out, cls_out):
                 if probs[k, r, c] > bv:
                     bv = probs[k, r, c]
                     best = k
-            cls_out[r, c] = best + 1
-            p = probs[reef_channel, r, c]
+            cls_out[r, c] = codes[best]
+            p = np.float32(0.0)
+            for k in reef_channels:
+                p += probs[k, r, c]
             if p < 0.0:
                 p = 0.0
             elif p > 1.0:
@@ -118,16 +121,17 @@ def _encode(probs, valid, reef_channel, prob_out, cls_out):
             prob_out[r, c] = np.uint8(np.floor(p * 250.0 + 0.5))
 
 
-def encode(probs: np.ndarray, valid: np.ndarray, reef_channel: int):
+def encode(probs: np.ndarray, valid: np.ndarray, reef_channels, codes):
     """Class probabilities ``(K, y, x)`` → ``(reef_probability uint8, classification uint8)``.
 
-    classification = argmax + 1 (the class codes of ``reefmap.classes``), 0 where invalid;
-    reef_probability = round(p_reef * 250), 255 where invalid.
+    classification = ``codes[argmax]`` (the map's class code of each output channel), 0 where invalid;
+    reef_probability = round(sum of the ``reef_channels``' probabilities * 250), 255 where invalid.
     """
     ny, nx = valid.shape
     prob = np.empty((ny, nx), np.uint8)
     cls = np.empty((ny, nx), np.uint8)
-    _encode(np.ascontiguousarray(probs, dtype=np.float32), valid, int(reef_channel), prob, cls)
+    _encode(np.ascontiguousarray(probs, dtype=np.float32), valid, np.asarray(reef_channels, np.int64),
+            np.asarray(codes, np.uint8), prob, cls)
     return prob, cls
 
 
@@ -161,6 +165,6 @@ def compile_all() -> None:
     """
     block = np.zeros((3, 8, 8), np.uint8)
     block[:, :4] = 40
-    _, valid = normalize(block, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 0)
+    _, valid = normalize(block, np.tile([0.0, 1.0, -np.inf, np.inf], (3, 1)), 0)
     screen_counts(block, np.zeros((1, 3, 2)), 0)
-    encode(np.zeros((5, 8, 8), np.float32), valid, 2)
+    encode(np.zeros((5, 8, 8), np.float32), valid, (2,), (1, 2, 3, 4, 5))

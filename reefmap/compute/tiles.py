@@ -68,10 +68,10 @@ def predict_blocks(blocks, model, nodata, cores, screen: bool = True):
             results[i] = (*kernels.encode_nodata(core.shape), hit[0])
             continue
         if hit is not None:
-            _, valid = kernels.normalize(block[(slice(None), *core.slices)], meta.mean, meta.std, nodata, meta.valid_range)
+            _, valid = kernels.normalize(block[(slice(None), *core.slices)], meta.kernel_scaling(), nodata, meta.valid_range)
             results[i] = (*kernels.encode_constant(valid, hit[1]), hit[0])
             continue
-        x, valid = kernels.normalize(block, meta.mean, meta.std, nodata, meta.valid_range)
+        x, valid = kernels.normalize(block, meta.kernel_scaling(), nodata, meta.valid_range)
         prepared[i] = (x, valid, core)
         todo.setdefault(x.shape, []).append(i)
     for shape, idxs in todo.items():
@@ -79,7 +79,8 @@ def predict_blocks(blocks, model, nodata, cores, screen: bool = True):
         for j, i in enumerate(idxs):
             _, valid, core = prepared[i]
             rs, cs = core.slices
-            results[i] = (*kernels.encode(probs[j][:, rs, cs], np.ascontiguousarray(valid[rs, cs]), meta.reef_channel),
+            results[i] = (*kernels.encode(probs[j][:, rs, cs], np.ascontiguousarray(valid[rs, cs]),
+                                          meta.reef_channels, meta.class_values),
                           TileState.DONE)
     return results
 

@@ -90,43 +90,37 @@ class BundleMeta:
     sha256: str = ""  #: content hash of metadata + artifact: the model's identity in a map
     path: str = ""
 
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return tuple(a for a, _ in self.affine_scaling())
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return tuple(b for _, b in self.affine_scaling())
-
-    def affine_scaling(self) -> tuple[tuple[float, float], ...]:
-        """The value scaling as ``(x - a) / b`` per band, the form the tile kernels apply."""
+    def kernel_scaling(self) -> tuple[tuple[float, float, float, float], ...]:
+        """The value scaling as one row ``(a, b, lo, hi)`` per band, meaning ``clip((x - a) / b, lo, hi)``: the form
+        the tile kernels (and the device path) apply to raw band values."""
+        inf = float("inf")
         out = []
-        for band, s in zip(self.bands, self.scaling):
+        for s in self.scaling:
             t = s["type"]
             if t == "z-score":
-                out.append((float(s["mean"]), float(s["stddev"])))
+                out.append((float(s["mean"]), float(s["stddev"]), -inf, inf))
             elif t == "scale":
-                out.append((0.0, float(s["value"])))
+                out.append((0.0, float(s["value"]), -inf, inf))
             elif t == "offset":
-                out.append((float(s["value"]), 1.0))
+                out.append((float(s["value"]), 1.0, -inf, inf))
             elif t == "min-max":
-                out.append((float(s["minimum"]), float(s["maximum"]) - float(s["minimum"])))
-            else:
-                raise ModelError(f"model {self.name!r} scales band {band!r} by {t!r}; the tile kernels apply only "
-                                 "z-score, scale, offset and min-max so far (the run's value scaling is issue 10 item 5)")
+                out.append((float(s["minimum"]), float(s["maximum"]) - float(s["minimum"]), -inf, inf))
+            else:  # clip, clip-min, clip-max: the raw value limited to the range
+                out.append((0.0, 1.0, float(s.get("minimum", -inf)), float(s.get("maximum", inf))))
         return tuple(out)
 
     @property
-    def reef_channel(self) -> int:
-        """The output channel of class ``reef``. The map's layers, legends and statistics assume the built-in class
-        scheme until they follow a bundle's own classes (issue 10 item 4): any other scheme is refused here."""
+    def reef_channels(self) -> tuple[int, ...]:
+        """The output channels of the reef classes (their probabilities sum to ``reef_probability``). The map's
+        layers, legends and statistics assume the built-in class scheme until they follow a bundle's own classes
+        (issue 10 item 4): any other scheme is refused here."""
         if not self.has_builtin_classes():
             scheme = ", ".join(f"{n}={v}" for n, v in zip(self.classes, self.class_values))
             builtin = ", ".join(f"{n}={v}" for n, v in CLASSES.items())
             raise ModelError(f"model {self.name!r} has its own class scheme ({scheme}; reef: {', '.join(self.reef_classes)}); "
                              f"maps are written in the built-in scheme ({builtin}; reef: reef) only so far: use such a bundle "
                              "with load_model(...).predict, or map with a bundle of the built-in scheme")
-        return self.classes.index("reef")
+        return tuple(self.classes.index(c) for c in self.reef_classes)
 
     def has_builtin_classes(self) -> bool:
         return (self.classes == CLASS_NAMES and self.class_values == tuple(CLASSES.values())
