@@ -158,9 +158,11 @@ def _colour_mask(img, rgb, tol=0):
 def test_png_quicklook_with_legend(utm_map, tmp_path):
     from PIL import Image
 
-    from reefmap.viz.quicklook import PALETTE, PENDING_RGB
+    from reefmap.classes import DEMO_SCHEME
+    from reefmap.viz.quicklook import PENDING_RGB, palette
     from reefmap.viz.render import NODATA_FACE
 
+    PALETTE = palette(DEMO_SCHEME)  # a map that records no scheme (map_fixtures) is drawn in the demo scheme
     url, prob, cls, st, fin = utm_map
     out = export(query(url, bbox=WHOLE), tmp_path / "q.png")
     img = np.asarray(Image.open(out).convert("RGB"))

@@ -9,11 +9,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from reefmap.classes import CLASSES
 from reefmap.compute.tiles import predict_block
 from reefmap.errors import BandMismatch, InvalidParameter
 from reefmap.model.segmenter import load_model
-from reefmap.store.format import PROB_NODATA, PROB_SCALE
+from reefmap.store.format import PROB_NODATA, PROB_SCALE, classification_attrs
 
 
 def _overlap_block(block, model, nodata, screen):
@@ -70,7 +69,7 @@ def segment(mosaic, model=None, *, halo: int | None = None, tile: int | None = N
     cls = xr.DataArray(out[1], dims=("y", "x"), coords=coords)
     ds = xr.Dataset({"reef_probability": prob, "classification": cls})
     ds["reef_probability"].attrs.update(long_name="probability that the pixel is coral reef", units="1")
-    ds["classification"].attrs.update(flag_values=[0, *CLASSES.values()], flag_meanings=" ".join(["nodata", *CLASSES]))
+    ds["classification"].attrs.update(classification_attrs(meta.scheme))
     if "spatial_ref" in mosaic.coords or mosaic.rio.crs is not None:
         ds = ds.rio.write_crs(mosaic.rio.crs)
     ds.attrs["reefmap_model"] = meta.sha256

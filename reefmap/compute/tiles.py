@@ -14,25 +14,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reefmap.classes import DEEP_WATER, LAND
+from reefmap.classes import class_key
 from reefmap.compute import kernels
 from reefmap.errors import BandMismatch
 from reefmap.geometry.grid import Window
 from reefmap.model.segmenter import load_model
 from reefmap.redaction import redact_text
 from reefmap.sources.base import open_reader
-from reefmap.store.format import TileState
-
-#: screen box name → (tile state when every valid pixel is inside it, class code written)
-SCREEN_RULES = {"deep_water": (TileState.SKIPPED_DEEP_WATER, DEEP_WATER), "land": (TileState.SKIPPED_LAND, LAND)}
-
+from reefmap.store.format import SCREEN_STATES, TileState
 
 def screen_block(block: np.ndarray, meta, nodata) -> tuple[TileState, int] | None:
     """Cheap emptiness test of a raw block: all nodata, or every valid pixel inside one class's colour box
-    (``meta.screen``, measured on the training data). Returns ``(state, class code)`` or None to infer."""
+    (``meta.screen``, measured on the training data; it names classes of the bundle's scheme, each a deep-water or
+    land class: ``SCREEN_STATES``). Returns ``(state, class code)`` or None to infer."""
     if kernels.all_nodata(block, nodata):  # the common empty tile (collars, gaps, ocean outside a scene): one pass
         return TileState.SKIPPED_NODATA, 0
-    names = [n for n in SCREEN_RULES if n in meta.screen]
+    names = list(meta.screen)
     boxes = np.array([meta.screen[n] for n in names], dtype=np.float64).reshape(len(names), block.shape[0], 2) \
         if names else np.zeros((0, block.shape[0], 2))
     counts = kernels.screen_counts(block, boxes, nodata, meta.valid_range)
@@ -41,7 +38,7 @@ def screen_block(block: np.ndarray, meta, nodata) -> tuple[TileState, int] | Non
         return TileState.SKIPPED_NODATA, 0
     for name, n in zip(names, counts[:-1]):
         if n == n_valid:
-            return SCREEN_RULES[name]
+            return SCREEN_STATES[class_key(name)], meta.scheme.code_of(name)
     return None
 
 

@@ -27,7 +27,7 @@ from reefmap.geometry.grid import BBox, Shape
 from reefmap.planning.plan import Plan, plan_tiles
 from reefmap.products.overviews import refresh_overviews
 from reefmap.sources import urls
-from reefmap.store.format import TileState, is_finished
+from reefmap.store.format import SCHEME_KEY, TileState, is_finished
 from reefmap.store.integrity import states_for_run
 from reefmap.store.mapstore import MapStore, code_version
 
@@ -119,6 +119,7 @@ def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", ti
                 "sources": [source_identity(reader)]}
     provenance = {
         "model": meta.provenance(),
+        SCHEME_KEY: meta.scheme.to_json(),
         "reefmap_version": code_version(),
         "sources": [public_spec(reader.spec())],  # never credentials: the store's attributes are public
         "parameters": {"tile": int(tile), "halo": halo, "screen": bool(screen), "bbox": None if bbox is None else list(map(float, _bbox_list(bbox)))},

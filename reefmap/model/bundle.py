@@ -35,9 +35,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from reefmap.caching import LRUCache
-from reefmap.classes import CLASS_NAMES, CLASSES
+from reefmap.classes import CLASS_NAMES, CLASSES, DEMO_SCHEME, ClassScheme, class_key
 from reefmap.errors import InvalidParameter, ModelError
-from reefmap.store.format import CLASS_NODATA, OUTSIDE, UNFINISHED
+from reefmap.store.format import RESERVED_CODES, SCREEN_STATES
 
 BUNDLE_FORMAT = "reefmap-bundle/1"  #: the older format: bundle.json + weights.pt
 MLM_FORMAT = "stac-mlm"  #: this format: item.json (a STAC Item with mlm:*) + the artifact
@@ -54,10 +54,6 @@ SCALINGS = {"z-score": ("mean", "stddev"), "scale": ("value",), "offset": ("valu
             "clip": ("minimum", "maximum"), "clip-min": ("minimum",), "clip-max": ("maximum",)}
 #: value range of the raw band values by data type, when a spec gives none
 DTYPE_RANGES = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0), "int16": (-32768.0, 32767.0)}
-#: class codes the map reserves (nodata, unfinished tile, outside the mosaic)
-RESERVED_CODES = {CLASS_NODATA: "nodata", UNFINISHED: "unfinished", OUTSIDE: "outside"}
-#: colours of the built-in classes, for bundles of the older format (as the quick-look draws them)
-BUILTIN_COLORS = {"deep_water": "10286e", "shallow": "78c8d2", "reef": "ff503c", "land": "967846", "cloud": "ebebeb"}
 #: mlm:accelerator values (the hardware a model is meant for; reefmap runs every model on the CPU too)
 ACCELERATORS = ("cuda", "amd64", "xla", "amd-rocm", "intel-ipex-cpu", "intel-ipex-gpu", "macos-arm")
 MULTIHASH_SHA256 = "1220"  #: multihash prefix of a sha2-256 digest (code 0x12, 32 bytes)
@@ -110,21 +106,14 @@ class BundleMeta:
         return tuple(out)
 
     @property
-    def reef_channels(self) -> tuple[int, ...]:
-        """The output channels of the reef classes (their probabilities sum to ``reef_probability``). The map's
-        layers, legends and statistics assume the built-in class scheme until they follow a bundle's own classes
-        (issue 10 item 4): any other scheme is refused here."""
-        if not self.has_builtin_classes():
-            scheme = ", ".join(f"{n}={v}" for n, v in zip(self.classes, self.class_values))
-            builtin = ", ".join(f"{n}={v}" for n, v in CLASSES.items())
-            raise ModelError(f"model {self.name!r} has its own class scheme ({scheme}; reef: {', '.join(self.reef_classes)}); "
-                             f"maps are written in the built-in scheme ({builtin}; reef: reef) only so far: use such a bundle "
-                             "with load_model(...).predict, or map with a bundle of the built-in scheme")
-        return tuple(self.classes.index(c) for c in self.reef_classes)
+    def scheme(self) -> ClassScheme:
+        """The bundle's class scheme: what the map's classification layer, legends and statistics follow."""
+        return ClassScheme(self.class_values, self.classes, self.class_colors, self.reef_classes)
 
-    def has_builtin_classes(self) -> bool:
-        return (self.classes == CLASS_NAMES and self.class_values == tuple(CLASSES.values())
-                and self.reef_classes == ("reef",))
+    @property
+    def reef_channels(self) -> tuple[int, ...]:
+        """The output channels of the reef classes (their probabilities sum to ``reef_probability``)."""
+        return tuple(self.classes.index(c) for c in self.reef_classes)
 
     @property
     def class_codes(self) -> tuple[int, ...]:
@@ -205,10 +194,20 @@ def read_spec(spec: str | os.PathLike | dict) -> dict:
     if atype is not None and atype not in ARTIFACT_FILES:
         raise InvalidParameter(f"{where}: 'artifact_type' {atype!r} is not one of {list(ARTIFACT_FILES)}")
     out["artifact_type"] = atype
-    for cls, boxes in out["screen"].items():
-        if cls not in names or not isinstance(boxes, list) or len(boxes) != len(bands):
-            raise InvalidParameter(f"{where}: 'screen' {cls!r} must name a class of {names} with one [low, high] per band")
+    check_screen(out["screen"], names, len(bands), where, InvalidParameter)
     return out
+
+
+def check_screen(screen: dict, names, bands: int, where: str, error=ModelError) -> None:
+    """The empty-tile screen names classes of the bundle's own scheme, one [low, high] box of raw values per band;
+    only a deep-water class and a land class can be screened (a tile inside one of their boxes is recorded as
+    skipped deep water / land, ``SCREEN_STATES``): their names compare loosely ("Deep Water" is deep_water)."""
+    for cls, boxes in screen.items():
+        if cls not in names or not isinstance(boxes, list) or len(boxes) != bands:
+            raise error(f"{where}: 'screen' {cls!r} must name a class of {list(names)} with one [low, high] per band")
+        if class_key(cls) not in SCREEN_STATES:
+            raise error(f"{where}: 'screen' {cls!r}: only a class named {' or '.join(SCREEN_STATES)} can be screened "
+                        "(a tile inside its box is recorded as skipped); remove the entry or rename the class")
 
 
 def _check_scaling(s, where: str) -> dict:
@@ -233,6 +232,9 @@ def _check_classes(classes: list, where: str) -> list[dict]:
         if v in RESERVED_CODES or not 0 < v < 256:
             raise InvalidParameter(f"{where}: class {c['name']!r} has code {v}, which the map reserves or cannot store "
                                    f"({', '.join(f'{k} = {n}' for k, n in RESERVED_CODES.items())}; codes are 1..253): pick another code")
+        if c["name"] in RESERVED_CODES.values():
+            raise InvalidParameter(f"{where}: class name {c['name']!r} is one the map reserves "
+                                   f"({', '.join(RESERVED_CODES.values())}): pick another name")
         color = str(c.get("color", "808080")).lstrip("#").lower()
         if not re.fullmatch(r"[0-9a-f]{6}", color):
             raise InvalidParameter(f"{where}: class {c['name']!r} colour {c.get('color')!r} is not rrggbb hex")
@@ -361,7 +363,7 @@ def _read_legacy(p: Path) -> BundleMeta:
             name=m["name"], architecture=m["architecture"], bands=tuple(m["bands"]),
             scaling=tuple({"type": "z-score", "mean": float(a), "stddev": float(s)} for a, s in zip(m["mean"], m["std"])),
             valid_range=tuple(m["valid_range"]), classes=classes, class_values=tuple(CLASSES[c] for c in classes),
-            class_colors=tuple(BUILTIN_COLORS[c] for c in classes), reef_classes=("reef",),
+            class_colors=tuple(DEMO_SCHEME.colors[DEMO_SCHEME.names.index(c)] for c in classes), reef_classes=("reef",),
             receptive_radius=int(m["receptive_radius"]), halo=int(m["halo"]), size_multiple=int(m["size_multiple"]),
             screen=m.get("screen", {}), training=m.get("training", {}), format=BUNDLE_FORMAT,
             artifact="weights.pt", artifact_type="torch.save", checksum=MULTIHASH_SHA256 + hashlib.sha256(weights).hexdigest(),
@@ -410,6 +412,15 @@ def _read_item(p: Path) -> BundleMeta:
     if atype not in ARTIFACT_FILES or len(meta.scaling) != len(meta.bands) or not meta.classes:
         raise ModelError(f"{where}: artifact type {atype!r}, {len(meta.scaling)} scalings for {len(meta.bands)} bands and "
                          f"{len(meta.classes)} classes: re-create it with `reefmap bundle create`")
+    check_screen(meta.screen, meta.classes, len(meta.bands), where)
+    try:
+        _ = meta.scheme  # checks the classes: one code, name and colour each, codes distinct, reef among them
+    except InvalidParameter as e:
+        raise ModelError(f"{where}: {e}; re-create it with `reefmap bundle create`") from None
+    reserved = sorted(set(meta.class_values) & set(RESERVED_CODES))
+    if reserved:
+        raise ModelError(f"{where}: class codes {reserved} are reserved by the map "
+                         f"({', '.join(f'{k} = {n}' for k, n in RESERVED_CODES.items())}); re-create it with other codes")
     artifact = p / meta.artifact
     if not artifact.is_file():
         raise ModelError(f"{where} lacks its model artifact {meta.artifact!r}")

@@ -37,11 +37,12 @@ import uuid
 
 import numpy as np
 
-from reefmap.classes import CLASSES
+from reefmap.classes import ClassScheme
 from reefmap.errors import InvalidParameter, OutputExists, UnknownLayer, UnsupportedFormat
 from reefmap.products.mapview import LAYERS
 from reefmap.sources import urls
-from reefmap.store.format import CLASS_NODATA, OUTSIDE, PROB_NODATA, PROB_SCALE, UNFINISHED, is_finished
+from reefmap.store.format import (CLASS_NODATA, OUTSIDE, PROB_NODATA, PROB_SCALE, UNFINISHED, is_finished,
+                                  scheme_of_attrs)
 from reefmap.viz.render import geobox_of
 
 FORMATS = {".tif": "cog", ".tiff": "cog", ".nc": "netcdf", ".zarr": "zarr", ".png": "png"}
@@ -205,10 +206,10 @@ class _BandWriter:
                                                          rows.stop - rows.start))
 
 
-def _colormap() -> dict:
-    from reefmap.viz.quicklook import PALETTE, PENDING_RGB
+def _colormap(scheme: ClassScheme) -> dict:
+    from reefmap.viz.quicklook import PENDING_RGB, palette
 
-    cmap = {code: (*rgb, 255) for code, rgb in PALETTE.items()}
+    cmap = {code: (*rgb, 255) for code, rgb in palette(scheme).items()}
     cmap[UNFINISHED] = (*PENDING_RGB, 255)
     return cmap
 
@@ -247,10 +248,13 @@ def _write_cog(ds, out: str, layers) -> None:
                                     f"unfinished tile or outside the polygon); band 2 unfinished: value / {PROB_SCALE} "
                                     "= 1 where the pixel's tile is not finished yet, 0 elsewhere")
             else:
-                dst.write_colormap(1, _colormap())
+                scheme = scheme_of_attrs(ds["classification"].attrs)
+                dst.write_colormap(1, _colormap(scheme))
                 tags["UNFINISHED_VALUE"] = str(UNFINISHED)
-                tags["ENCODING"] = (" ".join(f"{c}={n}" for n, c in [("nodata", CLASS_NODATA), *CLASSES.items()])
-                                    + f" {UNFINISHED}=unfinished")
+                tags["ENCODING"] = "; ".join(f"{c}={n}" for c, n in [(CLASS_NODATA, "nodata"),
+                                                                     *zip(scheme.codes, scheme.names),
+                                                                     (UNFINISHED, "unfinished")])
+                tags["REEF_CLASSES"] = "; ".join(scheme.reef)
             dst.update_tags(**tags)
         rio_copy(stage, out, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256, OVERVIEWS="AUTO",
                  OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER")

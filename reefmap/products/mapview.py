@@ -10,8 +10,9 @@ writes; the codes come from ``reefmap.store.format``):
 
 - ``reef_probability`` float32 in [0, 1]; NaN where there is no probability: nodata, an unfinished tile, or
   outside the query polygon (``tile_state`` tells which);
-- ``classification`` uint8: ``CLASS_NODATA`` nodata, the classes of ``reefmap.classes``, ``UNFINISHED`` where
-  the pixel's tile is pending or failed (not yet mapped: neither "no reef" nor nodata);
+- ``classification`` uint8: ``CLASS_NODATA`` nodata, the codes of the map's class scheme (``MapInfo.scheme``, in
+  its CF attributes: ``reefmap.store.format.classification_attrs``), ``UNFINISHED`` where the pixel's tile is
+  pending or failed (not yet mapped: neither "no reef" nor nodata);
 - ``tile_state`` uint8 per pixel: the state of the pixel's tile (a ``TileState``), ``OUTSIDE`` outside the
   query polygon.
 
@@ -28,12 +29,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from reefmap.classes import CLASSES
+from reefmap.classes import ClassScheme
 from reefmap.errors import DamagedMap, InvalidParameter, NotAReefmapStore, UnknownLayer
 from reefmap.geometry.grid import BBox, GeoBox, Shape, TileGrid, Window
 from reefmap.sources import urls
 from reefmap.store.format import (CLASS_NODATA, DATA_VARS, META_ATTR, OUTSIDE, PROB_NODATA, PROB_SCALE, STORE_FORMAT,
-                                  UNFINISHED, TileState, decode_meta, is_finished, has_tile_states)
+                                  UNFINISHED, TileState, classification_attrs, decode_meta, is_finished, has_tile_states,
+                                  scheme_of_meta)
 from reefmap.store.mapstore import MapStore
 
 #: the data layers a query can return (``tile_state`` is always included)
@@ -111,6 +113,11 @@ class MapInfo:
     @property
     def crs(self) -> str:
         return self.grid.geobox.crs
+
+    @cached_property
+    def scheme(self) -> ClassScheme:
+        """The map's class scheme (recorded at creation; the demo scheme for maps that record none)."""
+        return scheme_of_meta(self.attrs)
 
     @cached_property
     def lonlat_bounds(self) -> BBox:
@@ -353,14 +360,14 @@ def lazy_layer(reader: LevelReader, var: str, win: Window):
     return da.Array(dsk, name, chunks, dtype=dtype, meta=np.empty((0, 0), dtype))
 
 
-def var_attrs(var: str) -> dict:
-    """The CF attributes of a layer (``reef_probability``, ``classification``, ``tile_state``)."""
+def var_attrs(var: str, scheme: ClassScheme | None = None) -> dict:
+    """The CF attributes of a layer (``reef_probability``, ``classification`` in the map's class ``scheme``,
+    ``tile_state``)."""
     if var == "reef_probability":
         return {"long_name": "probability that the pixel is coral reef", "units": "1", "valid_range": [0.0, 1.0],
                 "comment": "NaN where nodata, in an unfinished tile, or outside the query polygon (see tile_state)"}
     if var == "classification":
-        return {"long_name": "benthic/surface class", "flag_values": [CLASS_NODATA, *CLASSES.values(), UNFINISHED],
-                "flag_meanings": " ".join(["nodata", *CLASSES, "unfinished"]),
+        return {"long_name": "benthic/surface class", **classification_attrs(scheme),
                 "comment": f"{UNFINISHED} = the pixel's tile is not finished yet (pending or failed): not mapped"}
     states = [int(s) for s in TileState] + [OUTSIDE]
     return {"long_name": "state of the pixel's tile", "flag_values": states,
@@ -374,7 +381,7 @@ def level_dataset(info: MapInfo, lvl: Level, win: Window, layers: Iterable[str])
 
     reader = LevelReader(info.url, info.storage_options, lvl, info.group)
     gb = lvl.geobox.window(win)
-    data = {v: xr.DataArray(lazy_layer(reader, v, win), dims=("y", "x"), attrs=var_attrs(v))
+    data = {v: xr.DataArray(lazy_layer(reader, v, win), dims=("y", "x"), attrs=var_attrs(v, info.scheme))
             for v in (*layers, "tile_state")}
     return xr.Dataset(data, coords={"y": ("y", gb.ys()), "x": ("x", gb.xs())})
 

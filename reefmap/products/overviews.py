@@ -14,8 +14,8 @@ Layout (a subgroup of the map; the root arrays, ``tile_status``, ``tile_errors``
 
 Aggregation, exact over the whole 2^k × 2^k block of finished map pixels (carried as sums and counts through
 the levels, not as means of means): reef probability = mean over valid pixels (rounded to the uint8 encoding;
-nodata when none is valid); class = the most frequent class among valid pixels (ties → the lowest class code;
-nodata when none). Pixels of unfinished tiles do not contribute, and their tiles are not read.
+nodata when none is valid); class = the most frequent of the map's class codes (``MapInfo.scheme``) among valid
+pixels (ties → the lowest code; nodata when none). Pixels of unfinished tiles do not contribute, and their tiles are not read.
 
 Built with dask, chunk-aligned: one task per map chunk reduces it 2×2; each level is rechunked to the tile size
 so every write is a whole Zarr chunk. Rebuilding is incremental: only the overview chunks covering tiles whose
@@ -31,7 +31,6 @@ import time
 
 import numpy as np
 
-from reefmap.classes import CLASSES
 from reefmap.errors import InvalidParameter
 from reefmap.geometry.grid import GeoBox, TileGrid, Window
 from reefmap.products.mapview import (OVERVIEWS_ATTR, OVERVIEWS_GROUP, Level, LevelReader, MapInfo, inspect_map,
@@ -39,9 +38,8 @@ from reefmap.products.mapview import (OVERVIEWS_ATTR, OVERVIEWS_GROUP, Level, Le
 from reefmap.store.format import CLASS_NODATA, DATA_VARS, PROB_NODATA, is_finished
 from reefmap.store.mapstore import MapStore, write_grid_coords
 
-#: the class codes counted (the mode is taken among them: ties -> the lowest code)
-_CODES = tuple(sorted(CLASSES.values()))
-_NSTAT = 2 + len(_CODES)  # sum of probability codes, count of valid probabilities, one count per class
+# the statistics carried through the levels: the sum of probability codes, the count of valid probabilities, then
+# one count per class code of the map's scheme (sorted: the mode is taken among them, ties -> the lowest code)
 
 
 def max_levels(tile: int) -> int:
@@ -67,12 +65,12 @@ def _pool2(a: np.ndarray) -> np.ndarray:
     return a[..., 0::2, 0::2] + a[..., 1::2, 0::2] + a[..., 0::2, 1::2] + a[..., 1::2, 1::2]
 
 
-def _root_stats(reader: LevelReader, rows: slice, cols: slice) -> np.ndarray:
+def _root_stats(reader: LevelReader, rows: slice, cols: slice, codes: tuple[int, ...]) -> np.ndarray:
     """Level-1 sums and counts of one map chunk: only finished pixels count; unfinished tiles are not read."""
     st = reader.states_block(rows, cols)
     fin = is_finished(st)
     h, w = st.shape
-    out = np.zeros((_NSTAT, -(-h // 2), -(-w // 2)), np.int32)
+    out = np.zeros((2 + len(codes), -(-h // 2), -(-w // 2)), np.int32)
     if not fin.any():
         return out
     p = reader.read_raw("reef_probability", rows, cols)
@@ -83,7 +81,7 @@ def _root_stats(reader: LevelReader, rows: slice, cols: slice) -> np.ndarray:
         c = np.where(fin, c, CLASS_NODATA)
     out[0] = _pool2(np.where(valid, p, np.uint8(0)))
     out[1] = _pool2(valid)
-    for i, code in enumerate(_CODES):
+    for i, code in enumerate(codes):
         out[2 + i] = _pool2(c == code)
     return out
 
@@ -95,30 +93,31 @@ def _prob_of(s: np.ndarray) -> np.ndarray:
     return np.where(n > 0, m, PROB_NODATA).astype(np.uint8)
 
 
-def _class_of(s: np.ndarray) -> np.ndarray:
+def _class_of(s: np.ndarray, codes: tuple[int, ...]) -> np.ndarray:
     counts = s[2:]
-    codes = np.asarray(_CODES, np.uint8)
+    codes = np.asarray(codes, np.uint8)
     return np.where(counts.sum(axis=0) > 0, codes[counts.argmax(axis=0)], CLASS_NODATA).astype(np.uint8)
 
 
-def _level1_stats(reader: LevelReader, shape, chunk: int):
+def _level1_stats(reader: LevelReader, shape, chunk: int, codes: tuple[int, ...]):
     import dask.array as da
     from dask.base import tokenize
 
     ny, nx = shape
     re_ = list(range(0, ny, chunk)) + [ny]
     ce = list(range(0, nx, chunk)) + [nx]
-    name = "reefmap-overview-stats1-" + tokenize(reader.token)
-    dsk = {(name, 0, i, j): (_root_stats, reader, slice(re_[i], re_[i + 1]), slice(ce[j], ce[j + 1]))
+    name = "reefmap-overview-stats1-" + tokenize(reader.token, codes)
+    dsk = {(name, 0, i, j): (_root_stats, reader, slice(re_[i], re_[i + 1]), slice(ce[j], ce[j + 1]), codes)
            for i in range(len(re_) - 1) for j in range(len(ce) - 1)}
-    chunks = ((_NSTAT,), tuple(-(-(b - a) // 2) for a, b in zip(re_[:-1], re_[1:])),
+    chunks = ((2 + len(codes),), tuple(-(-(b - a) // 2) for a, b in zip(re_[:-1], re_[1:])),
               tuple(-(-(b - a) // 2) for a, b in zip(ce[:-1], ce[1:])))
     return da.Array(dsk, name, chunks, dtype=np.int32, meta=np.empty((0, 0, 0), np.int32))
 
 
 def _next_stats(s, chunk: int):
-    chunks = ((_NSTAT,), tuple(-(-c // 2) for c in s.chunks[1]), tuple(-(-c // 2) for c in s.chunks[2]))
-    return s.map_blocks(_pool2, chunks=chunks, dtype=np.int32).rechunk((_NSTAT, chunk, chunk))
+    n = s.shape[0]
+    chunks = ((n,), tuple(-(-c // 2) for c in s.chunks[1]), tuple(-(-c // 2) for c in s.chunks[2]))
+    return s.map_blocks(_pool2, chunks=chunks, dtype=np.int32).rechunk((n, chunk, chunk))
 
 
 def check_levels(levels, grid: TileGrid) -> int:
@@ -223,16 +222,17 @@ def _level_arrays(lg, root, k: int, gb: GeoBox, t: int) -> dict:
             for name in DATA_VARS}
 
 
-def _pyramid(reader: LevelReader, grid: TileGrid, levels: int):
-    """(reef_probability, classification) dask arrays of levels 1..``levels``, chunked by the tile size."""
+def _pyramid(reader: LevelReader, grid: TileGrid, levels: int, codes: tuple[int, ...]):
+    """(reef_probability, classification) dask arrays of levels 1..``levels``, chunked by the tile size; the class
+    is the mode among ``codes``."""
     t = grid.tile
-    s = _level1_stats(reader, tuple(grid.geobox.shape), t).rechunk((_NSTAT, t, t))
+    s = _level1_stats(reader, tuple(grid.geobox.shape), t, codes).rechunk((2 + len(codes), t, t))
     for k in range(1, levels + 1):
         if k > 1:
             s = _next_stats(s, t)
         meta = np.empty((0, 0), np.uint8)
         yield (s.map_blocks(_prob_of, drop_axis=0, dtype=np.uint8, meta=meta),
-               s.map_blocks(_class_of, drop_axis=0, dtype=np.uint8, meta=meta))
+               s.map_blocks(_class_of, codes=codes, drop_axis=0, dtype=np.uint8, meta=meta))
 
 
 def _write_pyramid(info: MapInfo, states: np.ndarray, targets: list[dict], dirty: np.ndarray | None) -> int:
@@ -243,7 +243,8 @@ def _write_pyramid(info: MapInfo, states: np.ndarray, targets: list[dict], dirty
     t = info.grid.tile
     reader = LevelReader(info.url, info.storage_options, Level(0, "", info.grid.geobox, t, states, t), info.group)
     sources, dests, regions = [], [], []
-    for k, layers in enumerate(_pyramid(reader, info.grid, len(targets)), start=1):
+    codes = tuple(sorted(info.scheme.codes))
+    for k, layers in enumerate(_pyramid(reader, info.grid, len(targets), codes), start=1):
         for name, arr in zip(DATA_VARS, layers):
             if dirty is None:
                 sources.append(arr)

@@ -203,7 +203,7 @@ def _masked(ds, mask, layers):
         if v == "reef_probability":
             ds[v] = ds[v].where(mask)
         else:
-            ds[v] = xr.where(mask, ds[v], np.uint8(CLASS_NODATA)).astype(np.uint8).assign_attrs(var_attrs(v))
+            ds[v] = xr.where(mask, ds[v], np.uint8(CLASS_NODATA)).astype(np.uint8).assign_attrs(ds[v].attrs)
     ds["tile_state"] = xr.where(mask, ds["tile_state"], np.uint8(OUTSIDE)).astype(np.uint8).assign_attrs(
         var_attrs("tile_state"))
     return ds

@@ -12,25 +12,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from reefmap.classes import CLASSES, REEF
 from reefmap.geometry.areas import AreaModel, area_model
 from reefmap.products.query import query, stale_note, summary
-from reefmap.store.format import CLASS_NODATA, OUTSIDE, is_finished
+from reefmap.store.format import CLASS_NODATA, OUTSIDE, is_finished, scheme_of_attrs
 from reefmap.viz.render import geobox_of
 
-#: the class codes whose areas are summed (nodata first), in the order of the first sums of a block
-_CODES = (CLASS_NODATA, *CLASSES.values())
-# per-block sums after the class areas: unfinished area, region area, Σ p·A, Σ A (valid p), pixels, finished pixels
-_UNFINISHED, _AREA, _PA, _A_VALID, _PIXELS, _FINISHED_PIXELS = range(len(_CODES), len(_CODES) + 6)
-_K = len(_CODES) + 6
+# per-block sums: the area of each class code (nodata first, then the map's classes), then these six
+_UNFINISHED, _AREA, _PA, _A_VALID, _PIXELS, _FINISHED_PIXELS = range(-6, 0)
 
 
-def _block_sums(cls, prob, state, model: AreaModel, rows: slice, cols: slice) -> np.ndarray:
+def _block_sums(cls, prob, state, model: AreaModel, rows: slice, cols: slice, codes: tuple[int, ...]) -> np.ndarray:
     area = np.broadcast_to(model.block(rows, cols), state.shape)
     inside = state != OUTSIDE
     fin = is_finished(state) & inside
-    out = np.zeros(_K)
-    for i, code in enumerate(_CODES):
+    out = np.zeros(len(codes) + 6)
+    for i, code in enumerate(codes):
         out[i] = area[fin & (cls == code)].sum()
     out[_UNFINISHED] = area[inside & ~fin].sum()
     out[_AREA] = area[inside].sum()
@@ -44,8 +40,8 @@ def _block_sums(cls, prob, state, model: AreaModel, rows: slice, cols: slice) ->
 
 def stats(store, bbox=None, geometry=None, *, resolution=None, storage_options: dict | None = None) -> dict:
     """Reef area statistics of ``store`` within ``bbox`` (lon/lat W,S,E,N) and/or ``geometry`` (lon/lat polygon),
-    or the whole map. Returns a JSON-ready dict: ``reef_area_km2`` (pixels classified reef), ``class_area_km2``
-    per class (and nodata), ``expected_reef_area_km2`` (Σ p·area), ``mean_reef_probability`` (area-weighted over
+    or the whole map. Returns a JSON-ready dict: ``reef_area_km2`` (pixels of the reef classes of the map's class
+    scheme), ``class_area_km2`` per class of the scheme, by name (and nodata), ``expected_reef_area_km2`` (Σ p·area), ``mean_reef_probability`` (area-weighted over
     valid finished pixels), ``unfinished_area_km2``, ``area_km2``, ``complete_fraction`` (pixels),
     ``complete_area_fraction``, the ``area_method`` and the query's level/resolution; ``stale_overview_tiles``:
     tiles finished since the overview level read was built, counted as unfinished (0 at level 0).
@@ -55,6 +51,8 @@ def stats(store, bbox=None, geometry=None, *, resolution=None, storage_options: 
     ds = query(store, bbox=bbox, geometry=geometry, resolution=resolution, storage_options=storage_options)
     q = summary(ds)
     model = area_model(geobox_of(ds))
+    scheme = scheme_of_attrs(ds["classification"].attrs)
+    codes = (CLASS_NODATA, *scheme.codes)
     cls, prob, st = ds["classification"].data, ds["reef_probability"].data, ds["tile_state"].data
     rch, cch = st.chunks
     r_off = np.concatenate([[0], np.cumsum(rch)]).astype(int)
@@ -62,12 +60,12 @@ def stats(store, bbox=None, geometry=None, *, resolution=None, storage_options: 
     dc, dp, dst = cls.to_delayed(), prob.to_delayed(), st.to_delayed()
     parts = [dask.delayed(_block_sums, pure=True)(dc[i, j], dp[i, j], dst[i, j], model,
                                                   slice(int(r_off[i]), int(r_off[i + 1])),
-                                                  slice(int(c_off[j]), int(c_off[j + 1])))
+                                                  slice(int(c_off[j]), int(c_off[j + 1])), codes)
              for i in range(len(rch)) for j in range(len(cch))]
-    tot = np.sum(dask.compute(*parts), axis=0) if parts else np.zeros(_K)
+    tot = np.sum(dask.compute(*parts), axis=0) if parts else np.zeros(len(codes) + 6)
     km2 = 1e-6
-    by_code = dict(zip(_CODES, tot[:len(_CODES)] * km2))
-    class_area = {"nodata": by_code[CLASS_NODATA], **{name: by_code[code] for name, code in CLASSES.items()}}
+    by_code = dict(zip(codes, tot[:len(codes)] * km2))
+    class_area = {"nodata": by_code[CLASS_NODATA], **{name: by_code[code] for name, code in zip(scheme.names, scheme.codes)}}
     out = {
         "store": q["store"],
         "bbox": q["bbox"],
@@ -77,7 +75,8 @@ def stats(store, bbox=None, geometry=None, *, resolution=None, storage_options: 
         "resolution": q["resolution"],
         "pixels": int(tot[_PIXELS]),
         "area_km2": tot[_AREA] * km2,
-        "reef_area_km2": by_code[REEF],
+        "reef_area_km2": sum(by_code[c] for c in scheme.reef_codes),
+        "reef_classes": list(scheme.reef),
         "expected_reef_area_km2": tot[_PA] * km2,
         "class_area_km2": class_area,
         "mean_reef_probability": (tot[_PA] / tot[_A_VALID]) if tot[_A_VALID] > 0 else None,
@@ -97,7 +96,7 @@ def stats(store, bbox=None, geometry=None, *, resolution=None, storage_options: 
 
 def format_stats(s: dict) -> str:
     lines = [f"{s['store']}" + (f"  bbox {s['bbox']}" if s["bbox"] else "") + ("  (polygon)" if s["geometry"] else ""),
-             f"  reef area {s['reef_area_km2']:.3f} km² (expected from probability {s['expected_reef_area_km2']:.3f} km²)"
+             f"  reef area ({', '.join(s['reef_classes'])}) {s['reef_area_km2']:.3f} km² (expected from probability {s['expected_reef_area_km2']:.3f} km²)"
              f" of {s['area_km2']:.3f} km²; mean reef probability "
              + ("n/a" if s["mean_reef_probability"] is None else f"{s['mean_reef_probability']:.3f}"),
              "  by class: " + ", ".join(f"{k} {v:.3f}" for k, v in s["class_area_km2"].items()) + " km²",

@@ -23,6 +23,8 @@ from enum import IntEnum
 
 import numpy as np
 
+from reefmap.classes import DEMO_SCHEME, ClassScheme
+
 STORE_FORMAT = "reefmap-map/2"
 #: the format versions this code reads (and resumes)
 READABLE_FORMATS = (1, 2)
@@ -47,6 +49,14 @@ FILL_VALUES = {1: {"reef_probability": PROB_NODATA, "classification": CLASS_NODA
                2: {"reef_probability": PROB_NODATA, "classification": UNFINISHED}}
 #: tile_state of a query: the pixel lies outside the query polygon
 OUTSIDE = 255
+#: the class codes the map reserves (a bundle's classes may not use them)
+RESERVED_CODES = {CLASS_NODATA: "nodata", UNFINISHED: "unfinished", OUTSIDE: "outside"}
+#: colours (rrggbb) of the reserved codes in colour tables: nodata black, unfinished the pictures' grey
+RESERVED_COLORS = {CLASS_NODATA: "000000", UNFINISHED: "5a5a5a"}
+#: the ``classification`` attribute holding the map's class scheme as JSON (names as given, reef classes)
+SCHEME_ATTR = "class_scheme"
+#: the provenance key (root ``reefmap`` attribute) of the map's class scheme
+SCHEME_KEY = "classes"
 
 
 class TileState(IntEnum):
@@ -58,6 +68,8 @@ class TileState(IntEnum):
     FAILED = 9
 
 
+#: the tile state of a tile the empty-tile screen finds all of one class, by the class's name (``class_key``)
+SCREEN_STATES = {"deep_water": TileState.SKIPPED_DEEP_WATER, "land": TileState.SKIPPED_LAND}
 SKIPPED_STATES = (TileState.SKIPPED_NODATA, TileState.SKIPPED_LAND, TileState.SKIPPED_DEEP_WATER)
 FINISHED_STATES = (TileState.DONE, *SKIPPED_STATES)
 FINISHED_CODES = np.array([int(s) for s in FINISHED_STATES], np.uint8)
@@ -83,6 +95,30 @@ def decode_meta(value) -> dict | None:
 
 def encode_meta(meta: dict) -> str:
     return json.dumps(meta, sort_keys=True)
+
+
+def classification_attrs(scheme: ClassScheme) -> dict:
+    """The CF attributes of a ``classification`` layer in ``scheme``: ``flag_values``/``flag_meanings`` (nodata,
+    the classes, unfinished), ``flag_colors`` (``#rrggbb`` per flag value) and the scheme itself as JSON
+    (``SCHEME_ATTR``: the class names as given, which flag words cannot hold, and the reef classes)."""
+    colors = [RESERVED_COLORS[CLASS_NODATA], *scheme.colors, RESERVED_COLORS[UNFINISHED]]
+    return {"flag_values": [CLASS_NODATA, *scheme.codes, UNFINISHED],
+            "flag_meanings": " ".join(["nodata", *scheme.flag_words, "unfinished"]),
+            "flag_colors": " ".join(f"#{c}" for c in colors), SCHEME_ATTR: json.dumps(scheme.to_json())}
+
+
+def scheme_of_attrs(attrs) -> ClassScheme:
+    """The class scheme of a ``classification`` layer's attributes; ``DEMO_SCHEME`` when none is recorded (maps and
+    layers written before schemes were)."""
+    value = attrs.get(SCHEME_ATTR)
+    return DEMO_SCHEME if value is None else ClassScheme.from_json(json.loads(value))
+
+
+def scheme_of_meta(meta: dict) -> ClassScheme:
+    """The class scheme a map's provenance (root ``reefmap`` attribute) records; ``DEMO_SCHEME`` for maps written
+    before schemes were recorded."""
+    value = meta.get(SCHEME_KEY)
+    return DEMO_SCHEME if value is None else ClassScheme.from_json(value)
 
 
 def is_finished(states):

@@ -36,13 +36,14 @@ from typing import Any
 import numpy as np
 
 from reefmap import __version__
-from reefmap.classes import CLASSES
+from reefmap.classes import ClassScheme
 from reefmap.errors import NotAReefmapStore, StoreError, StoreMismatch
 from reefmap.geometry.grid import GeoBox, TileGrid, TileIndex, Window
 from reefmap.sources import urls
 from reefmap.store.format import (CLASS_NODATA, FILL_VALUES, PROOF_FIELDS, PROOF_PATH, PROB_NODATA, PROB_SCALE,
                                   STATE_CODES, STATUS_PATH, STORE_FORMAT, TILES_GROUP, UNFINISHED, DATA_VARS, TileState,
-                                  decode_meta, encode_meta, format_version, is_finished)
+                                  classification_attrs, decode_meta, encode_meta, format_version, is_finished,
+                                  scheme_of_meta)
 
 _log = logging.getLogger(__name__)
 
@@ -213,6 +214,11 @@ class MapStore:
     def grid(self) -> TileGrid:
         return TileGrid.from_json(self.attrs["grid"])
 
+    @property
+    def scheme(self) -> ClassScheme:
+        """The class scheme of the map's ``classification`` layer (the demo scheme for maps that record none)."""
+        return scheme_of_meta(self.attrs)
+
     # -- creation -----------------------------------------------------------------------------------------------
     @classmethod
     def create_or_open(cls, url: str | os.PathLike, grid: TileGrid, identity: dict, provenance: dict,
@@ -221,6 +227,8 @@ class MapStore:
         the input ``sources``: see ``check_identity``); create it otherwise. A mismatch raises ``StoreMismatch``
         naming what differs — never mixes runs. A local store holding symlinks is refused (``check_no_symlinks``).
 
+        ``provenance`` is recorded in the root attribute; its ``SCHEME_KEY`` (the model's class scheme as
+        ``ClassScheme.to_json``; the demo scheme when absent) also gives the ``classification`` layer its CF flags.
         Creating is safe to race: two runs creating one store write identical metadata.
         """
         store = cls(url, storage_options)
@@ -346,8 +354,7 @@ class MapStore:
         create_array(
             "classification", shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=fills["classification"],
             dimension_names=["y", "x"],
-            attributes={**common, "flag_values": [CLASS_NODATA, *CLASSES.values(), UNFINISHED],
-                        "flag_meanings": " ".join(["nodata", *CLASSES, "unfinished"]), "nodata": CLASS_NODATA,
+            attributes={**common, **classification_attrs(scheme_of_meta(provenance)), "nodata": CLASS_NODATA,
                         "long_name": "benthic/surface class (argmax of the model's class probabilities)",
                         "comment": f"{UNFINISHED} = unfinished: the pixel's tile is not computed yet (pending or "
                                    f"failed; the array's fill value); {CLASS_NODATA} = nodata in the input"},

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
-from reefmap.classes import FLAG_MEANINGS, FLAG_VALUES, NODATA
+from reefmap.classes import DEMO_SCHEME, NODATA
 from reefmap.errors import InvalidParameter
 from reefmap.geometry.grid import GeoBox, Shape, Window
 from reefmap.sources.base import ReaderBase, block_window, reader_to_dataarray, spec_key
@@ -145,7 +145,7 @@ def _truth_block(reader: SyntheticReader, cy: int, cx: int, block_id=None):
 def synthetic_truth(size_or_shape: int | tuple[int, int] = 2048, seed: int = 0, *, world: SyntheticWorld | None = None,
                     resolution: float = 300.0, crs: Any = "EPSG:32618", chunks: int | dict = 1024,
                     geobox: GeoBox | None = None):
-    """The lazy class raster ``DataArray(y, x)`` uint8 (codes of ``reefmap.classes``) matching
+    """The lazy class raster ``DataArray(y, x)`` uint8 (codes of ``reefmap.classes.DEMO_SCHEME``) matching
     ``synthetic_mosaic`` called with the same arguments: same grid, coordinates, CRS and chunks."""
     import dask.array as da
     import xarray as xr
@@ -157,6 +157,7 @@ def synthetic_truth(size_or_shape: int | tuple[int, int] = 2048, seed: int = 0, 
     arr = da.map_blocks(_truth_block, reader, chunks[0][0], chunks[1][0], dtype=np.uint8, chunks=chunks, name=name,
                         meta=np.empty((0, 0), np.uint8))
     out = xr.DataArray(arr, dims=("y", "x"), coords=mosaic.drop_vars("band").coords, name="truth")
-    out.attrs = {"_FillValue": NODATA, "flag_values": list(FLAG_VALUES), "flag_meanings": FLAG_MEANINGS,
+    out.attrs = {"_FillValue": NODATA, "flag_values": list(DEMO_SCHEME.codes),
+                 "flag_meanings": " ".join(DEMO_SCHEME.flag_words),
                  "reefmap_source": spec_key(reader.spec())}
     return out.rio.write_crs(reader.geobox.crs).rio.write_transform(reader.geobox.transform)

@@ -3,7 +3,8 @@
 Used for the demo's picture, ``reefmap query --out x.png`` and the launch notebook; drawn by
 ``reefmap.viz.render``. The Dataset holds ``classification`` (uint8 codes) and/or ``reef_probability`` (float,
 NaN = nodata) on y/x, georeferenced through ``.rio``, and optionally ``tile_state`` (per-pixel tile states:
-unfinished pixels are drawn as such).
+unfinished pixels are drawn as such). Classes are drawn and named in the class scheme recorded in the
+``classification`` layer's attributes (``reefmap.store.format.classification_attrs``; the demo scheme without).
 """
 
 from __future__ import annotations
@@ -12,28 +13,30 @@ import math
 
 import numpy as np
 
-from reefmap.classes import CLASSES
+from reefmap.classes import ClassScheme
 from reefmap.errors import InvalidParameter
-from reefmap.store.format import CLASS_NODATA, OUTSIDE, UNFINISHED, is_finished
+from reefmap.store.format import CLASS_NODATA, OUTSIDE, UNFINISHED, is_finished, scheme_of_attrs
 from reefmap.viz.render import (LegendItem, MapPanel, Picture, UNFINISHED_RGB, categorical_rgba, geobox_of,
                                 nodata_legend, probability_rgba, render_map, unfinished_legend)
 
-#: class code → RGB (CLASS_NODATA is drawn transparent in pictures; its colour serves colour tables)
-PALETTE = {CLASS_NODATA: (0, 0, 0), CLASSES["deep_water"]: (16, 40, 110), CLASSES["shallow"]: (120, 200, 210),
-           CLASSES["reef"]: (255, 80, 60), CLASSES["land"]: (150, 120, 70), CLASSES["cloud"]: (235, 235, 235)}
 #: the colour of unfinished pixels (pending or failed tiles)
 PENDING_RGB = UNFINISHED_RGB
 
 
-def class_rgba(classification: np.ndarray) -> np.ndarray:
-    """RGBA of class codes: the palette, unfinished grey, nodata (and unknown codes) transparent."""
-    colours = {code: rgb for code, rgb in PALETTE.items() if code != CLASS_NODATA}
+def palette(scheme: ClassScheme) -> dict[int, tuple[int, int, int]]:
+    """Class code → RGB of a scheme (CLASS_NODATA black: pictures draw it transparent; it serves colour tables)."""
+    return {CLASS_NODATA: (0, 0, 0), **{code: scheme.rgb(code) for code in scheme.codes}}
+
+
+def class_rgba(classification: np.ndarray, scheme: ClassScheme) -> np.ndarray:
+    """RGBA of class codes: the scheme's colours, unfinished grey, nodata (and unknown codes) transparent."""
+    colours = {code: scheme.rgb(code) for code in scheme.codes}
     colours[UNFINISHED] = UNFINISHED_RGB
     return categorical_rgba(classification, colours)
 
 
-def class_legend() -> list[LegendItem]:
-    return [LegendItem(name.replace("_", " "), PALETTE[code]) for name, code in CLASSES.items()]
+def class_legend(scheme: ClassScheme) -> list[LegendItem]:
+    return [LegendItem(name.replace("_", " "), scheme.rgb(code)) for name, code in zip(scheme.names, scheme.codes)]
 
 
 def quicklook_png(path, ds, *, title: str = "", subtitle: str = "", max_size: int = 1024) -> Picture:
@@ -51,8 +54,9 @@ def quicklook_png(path, ds, *, title: str = "", subtitle: str = "", max_size: in
     panels, legend = [], []
     if "classification" in ds:
         codes = np.asarray(ds["classification"].values)
-        panels.append(MapPanel(class_rgba(codes), "classes"))
-        legend += class_legend()
+        scheme = scheme_of_attrs(ds["classification"].attrs)
+        panels.append(MapPanel(class_rgba(codes, scheme), "classes"))
+        legend += class_legend(scheme)
         if unfinished is None:
             unfinished = codes == UNFINISHED
     if "reef_probability" in ds:
