@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from reefmap.cli.main import main
-from reefmap.errors import InvalidParameter, ModelError, TileFailures
+from reefmap.errors import InvalidParameter, ModelError
 from reefmap.model.architectures import analytic_receptive_radius, build_network
 from reefmap.model.artifacts import export_program, export_torchscript, load_network, save_state_dict
 from reefmap.model.bundle import SPECS, inspect_bundle, read_bundle, read_spec
@@ -267,20 +267,6 @@ def xr_layers(path):
     from reefmap.store.mapstore import MapStore
 
     return g["reef_probability"][:], g["classification"][:], MapStore.open_readonly(str(path)).states()
-
-
-def test_a_map_refuses_a_class_scheme_it_cannot_write_yet(tiny, memory_mosaic, tmp_path):
-    """Until the map follows a bundle's classes (issue 10 item 4), other codes are refused, never written wrong."""
-    from reefmap.execute.runner import run
-
-    _, weights, _ = tiny
-    spec = demo_spec()
-    spec["classes"] = [{**c, "value": c["value"] + 10} for c in spec["classes"]]
-    b = create_bundle(weights, spec, tmp_path / "codes")
-    da, _ = memory_mosaic
-    with pytest.raises(TileFailures) as e:
-        run(da, b.path, tmp_path / "m.zarr", tile=256, client="inprocess", progress=False)
-    assert "own class scheme (deep_water=11" in next(iter(e.value.failed.values()))
 
 
 # --- bad input: one clear error each -----------------------------------------------------------------------------

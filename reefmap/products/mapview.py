@@ -33,7 +33,7 @@ from reefmap.classes import ClassScheme
 from reefmap.errors import DamagedMap, InvalidParameter, NotAReefmapStore, UnknownLayer
 from reefmap.geometry.grid import BBox, GeoBox, Shape, TileGrid, Window
 from reefmap.sources import urls
-from reefmap.store.format import (CLASS_NODATA, DATA_VARS, META_ATTR, OUTSIDE, PROB_NODATA, PROB_SCALE, STORE_FORMAT,
+from reefmap.store.format import (DATA_VARS, META_ATTR, OUTSIDE, PROB_NODATA, PROB_SCALE, STORE_FORMAT,
                                   UNFINISHED, TileState, classification_attrs, decode_meta, is_finished, has_tile_states,
                                   scheme_of_meta)
 from reefmap.store.mapstore import MapStore
