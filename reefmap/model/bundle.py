@@ -113,7 +113,7 @@ class BundleMeta:
     @property
     def reef_channels(self) -> tuple[int, ...]:
         """The output channels of the reef classes (their probabilities sum to ``reef_probability``)."""
-        return tuple(self.classes.index(c) for c in self.reef_classes)
+        return self.scheme.reef_channels
 
     @property
     def class_codes(self) -> tuple[int, ...]:
