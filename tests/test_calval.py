@@ -164,10 +164,39 @@ def test_polygon_truth_is_rasterised_with_names_or_codes(synth_map, tmp_path):
     assert set(np.unique(objects)) == {0, 1} and np.array_equal(objects > 0, valid & (codes == REEF))
     r = calval([store], str(path), tmp_path / "rep", truth_attribute="cls", pictures=False)
     assert r["regions"][0]["products"]["map"]["pixels"]["evaluated"] == int(valid.sum())
+    gpkg = write_gpkg(tmp_path / "truth.gpkg", fc)
+    codes2, valid2, objects2 = Truth(gpkg, attribute="cls").read(gb, scheme_of(store))
+    assert np.array_equal(codes2, codes) and np.array_equal(valid2, valid) and np.array_equal(objects2, objects)
     fc["features"][1]["properties"]["cls"] = "seagrass"
     path.write_text(json.dumps(fc))
     with pytest.raises(TruthError, match=r"\['seagrass'\].*not in the class scheme"):
         Truth(str(path), attribute="cls").read(gb, scheme_of(store))
+
+
+def write_gpkg(path, fc: dict) -> str:
+    """A minimal GeoPackage (one feature table, EPSG:4326) written with sqlite3: the binary header + WKB."""
+    import sqlite3
+    import struct
+
+    import shapely
+
+    con = sqlite3.connect(path)
+    con.executescript("""
+        CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT, srs_id INTEGER PRIMARY KEY, organization TEXT,
+            organization_coordsys_id INTEGER, definition TEXT, description TEXT);
+        INSERT INTO gpkg_spatial_ref_sys VALUES ('WGS 84', 4326, 'EPSG', 4326, 'GEOGCS["WGS 84"]', '');
+        CREATE TABLE gpkg_geometry_columns (table_name TEXT, column_name TEXT, geometry_type_name TEXT,
+            srs_id INTEGER, z INTEGER, m INTEGER);
+        INSERT INTO gpkg_geometry_columns VALUES ('labels', 'geom', 'POLYGON', 4326, 0, 0);
+        CREATE TABLE labels (fid INTEGER PRIMARY KEY, geom BLOB, cls TEXT);""")
+    for f in fc["features"]:
+        g = shapely.geometry.shape(f["geometry"])
+        env = struct.pack("<4d", g.bounds[0], g.bounds[2], g.bounds[1], g.bounds[3])  # envelope kind 1: 32 bytes
+        blob = b"GP" + bytes([0, 0b011]) + struct.pack("<i", 4326) + env + shapely.to_wkb(g, byte_order=1)
+        con.execute("INSERT INTO labels (geom, cls) VALUES (?, ?)", (blob, str(f["properties"]["cls"])))
+    con.commit()
+    con.close()
+    return str(path)
 
 
 def test_baselines_on_another_grid_and_a_buffered_reef_layer(synth_map, tmp_path):
@@ -211,7 +240,7 @@ def test_cli_writes_a_report_from_the_synthetic_truth(synth_map, tmp_path, capsy
     assert json.loads((tmp_path / "r" / "report.json").read_text())["ranking"][0]["product"] == "demo"
 
 
-@pytest.mark.parametrize("case", ["region_outside", "unreadable", "missing", "codes", "empty_region"])
+@pytest.mark.parametrize("case", ["region_outside", "unreadable", "missing", "codes", "empty_region", "no_crs"])
 def test_cli_bad_input_one_line_errors(synth_map, tmp_path, capsys, case):
     store, truth = synth_map
     gb = reefmap.products.mapview.inspect_map(store).grid.geobox
@@ -232,6 +261,11 @@ def test_cli_bad_input_one_line_errors(synth_map, tmp_path, capsys, case):
         bad[5, 5] = 42
         write_tif(tif, bad, gb, 0)
         expect = r"codes not in the class scheme: 7 \(9 px\), 42 \(1 px\)"
+    elif case == "no_crs":
+        write_tif(tif, truth.values, GeoBox(gb.shape, gb.transform, "EPSG:4326"), 0)
+        with rasterio.open(tif, "r+") as f:
+            f.crs = None
+        expect = "has no CRS; assign one"
     else:  # a region inside the map where the truth has no data
         arr = truth.values.copy()
         arr[:, : SIZE // 2] = 0
