@@ -13,7 +13,7 @@ from rasterio.enums import Resampling
 import reefmap
 from reefmap.classes import CLASSES, REEF
 from reefmap.cli.main import main
-from reefmap.errors import BBoxError, TruthError
+from reefmap.errors import TruthError
 from reefmap.geometry.grid import GeoBox
 from reefmap.products.calval import Truth, calval, scheme_of
 from reefmap.products.calval_metrics import Tally
@@ -262,9 +262,9 @@ def test_cli_bad_input_one_line_errors(synth_map, tmp_path, capsys, case):
         write_tif(tif, bad, gb, 0)
         expect = r"codes not in the class scheme: 7 \(9 px\), 42 \(1 px\)"
     elif case == "no_crs":
-        write_tif(tif, truth.values, GeoBox(gb.shape, gb.transform, "EPSG:4326"), 0)
-        with rasterio.open(tif, "r+") as f:
-            f.crs = None
+        with rasterio.open(tif, "w", driver="GTiff", width=SIZE, height=SIZE, count=1, dtype="uint8",
+                           transform=gb.transform, nodata=0) as f:
+            f.write(truth.values, 1)
         expect = "has no CRS; assign one"
     else:  # a region inside the map where the truth has no data
         arr = truth.values.copy()
