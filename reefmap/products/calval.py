@@ -39,7 +39,7 @@ from reefmap.geometry.grid import BBox, GeoBox, Window
 from reefmap.products.calval_metrics import Tally, metric_value
 from reefmap.products.mapview import inspect_map, open_map
 from reefmap.products.query import geometry_bbox, geometry_from, mask_block, parse_bbox, store_shapes
-from reefmap.store.format import CLASS_NODATA, is_finished
+from reefmap.store.format import CLASS_NODATA
 
 #: the largest region (pixels of the validated grid) read into memory
 MAX_REGION_PX = 200_000_000
