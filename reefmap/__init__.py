@@ -21,6 +21,7 @@ _LAZY = {
     "status": "reefmap.store.status",
     "verify": "reefmap.store.integrity",
     "clear_caches": "reefmap.caching",
+    "calval": "reefmap.products.calval",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -62,6 +62,11 @@ class MaskNotFound(MaskError, FileNotFoundError):
     """The candidate mask file does not exist."""
 
 
+class TruthError(InvalidParameter):
+    """Validation truth (labels) cannot be used: missing, unreadable, without a CRS, or with codes outside the
+    class scheme."""
+
+
 class UnknownLayer(InvalidParameter):
     """A layer name is not one of the map's layers."""
 

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=cmd_train)
     from reefmap.cli import bundle_cmds as cli_bundle
+    from reefmap.cli import calval_cmds as cli_calval
     from reefmap.cli import global_cmds as cli_global
     from reefmap.cli import query_cmds as cli_query
     from reefmap.cli import verify_cmds as cli_verify
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_query.add_commands(sub)  # query, stats, overviews
     cli_bundle.add_commands(sub)  # bundle create|inspect|validate|convert
     cli_verify.add_commands(sub)  # verify
+    cli_calval.add_commands(sub)  # calval
     return p
 
 
