@@ -27,17 +27,17 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from reefmap.classes import CLASSES, NODATA, REEF
+from reefmap.classes import ClassScheme, NODATA
 from reefmap.errors import BBoxError, InvalidParameter, TruthError
 from reefmap.geometry.areas import area_model
 from reefmap.geometry.crs import transform_bounds
 from reefmap.geometry.grid import BBox, GeoBox, Window
 from reefmap.products.calval_metrics import Tally, metric_value
-from reefmap.products.mapview import inspect_map, open_map
+from reefmap.products.mapview import MapInfo, inspect_map, open_map
 from reefmap.products.query import geometry_bbox, geometry_from, mask_block, parse_bbox, store_shapes
 from reefmap.store.format import CLASS_NODATA
 
@@ -50,18 +50,9 @@ VECTOR_EXTS = (".geojson", ".json", ".gpkg")
 BINARY_CODES, BINARY_NAMES, BINARY_REEF = (0, 1), ("not_reef", "reef"), (1,)
 
 
-class Scheme(NamedTuple):
-    """A map's class scheme: its class codes, their names (same order) and the codes that are reef."""
-
-    codes: tuple[int, ...]
-    names: tuple[str, ...]
-    reef_codes: tuple[int, ...]
-
-
-def scheme_of(map_) -> Scheme:
-    """The class scheme of a map (a store path/URL, ``MapInfo`` or opened Dataset). Today every map uses the five
-    classes of ``reefmap.classes``, reef = ``REEF``."""
-    return Scheme(tuple(CLASSES.values()), tuple(CLASSES), (REEF,))
+def scheme_of(map_) -> ClassScheme:
+    """The class scheme of a map (a store path/URL or ``MapInfo``): the one it recorded at creation."""
+    return (map_ if isinstance(map_, MapInfo) else inspect_map(map_)).scheme
 
 
 @dataclass(frozen=True)
@@ -282,7 +273,7 @@ class Truth:
         return {"source": os.fspath(src) if isinstance(src, os.PathLike) else src, "attribute": self.attribute,
                 "nodata": self.nodata, "background": self.background}
 
-    def read(self, gb: GeoBox, scheme: Scheme) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def read(self, gb: GeoBox, scheme: ClassScheme) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(codes, valid, reef objects or None) on ``gb``; ``TruthError`` for codes outside the scheme."""
         src = self.source
         if isinstance(src, (str, os.PathLike)) and os.fspath(src).lower().endswith(VECTOR_EXTS):
@@ -308,7 +299,7 @@ class Truth:
         check_codes(codes[valid], scheme, f"truth {self.describe()['source']!r}")
         return np.where(valid, codes, 0).astype(np.uint8), valid, None
 
-    def _read_vector(self, path: str, gb: GeoBox, scheme: Scheme):
+    def _read_vector(self, path: str, gb: GeoBox, scheme: ClassScheme):
         feats, crs = read_features(path)
         lookup = {n.lower(): c for n, c in zip(scheme.names, scheme.codes)} | {str(c): c for c in scheme.codes}
         codes, bad = [], set()
@@ -335,7 +326,7 @@ class Truth:
         return np.where(valid, raster, 0).astype(np.uint8), valid, objects
 
 
-def check_codes(values: np.ndarray, scheme: Scheme, what: str) -> None:
+def check_codes(values: np.ndarray, scheme: ClassScheme, what: str) -> None:
     found, counts = np.unique(values, return_counts=True)
     bad = [(v, n) for v, n in zip(found.tolist(), counts.tolist()) if v not in scheme.codes]
     if bad:
@@ -361,7 +352,7 @@ class Product:
     def is_vector(self) -> bool:
         return isinstance(self.source, (str, os.PathLike)) and os.fspath(self.source).lower().endswith(VECTOR_EXTS)
 
-    def read(self, gb: GeoBox, region_lonlat: BBox, scheme: Scheme):
+    def read(self, gb: GeoBox, region_lonlat: BBox, scheme: ClassScheme):
         """(codes, has-prediction, unfinished, reef probability or None) on ``gb``."""
         src = os.fspath(self.source) if isinstance(self.source, os.PathLike) else self.source
         if self.is_vector:
@@ -415,7 +406,7 @@ def region_window(region: Region, map_gb: GeoBox, what: str) -> tuple[Window, np
 
 
 def score_region(region: Region, map_gb: GeoBox, map_url: str, truth: Truth, products: list[Product],
-                 scheme: Scheme) -> tuple[dict, dict[str, Tally], dict]:
+                 scheme: ClassScheme) -> tuple[dict, dict[str, Tally], dict]:
     """Read one region and tally every product there; returns (region record, tallies, arrays for pictures)."""
     win, mask = region_window(region, map_gb, f"the map {map_url!r}")
     if win.shape.y * win.shape.x > MAX_REGION_PX:
@@ -502,7 +493,8 @@ def calval(maps, truth, out_dir, *, regions=None, baselines=None, buffer_m: floa
     report = {
         "format": "reefmap-calval/1",
         "validated_grid": {"map": first.url, **map_gb.to_json()},
-        "scheme": {"codes": list(scheme.codes), "names": list(scheme.names), "reef_codes": list(scheme.reef_codes)},
+        "scheme": {"codes": list(scheme.codes), "names": list(scheme.names), "colors": list(scheme.colors),
+                   "reef_codes": list(scheme.reef_codes)},
         "truth": tr.describe(),
         "products": [{"name": p.name, "kind": p.kind, "source": os.fspath(p.source) if isinstance(p.source, (str, os.PathLike)) else str(p.source),
                       "binary": p.is_vector, **({"buffer_m": p.buffer_m} if p.is_vector else {})} for p in products],
@@ -560,4 +552,4 @@ def definitions() -> dict:
                       "prediction (map nodata, outside a baseline's coverage); evaluated: scored pixels"}
 
 
-__all__ = ["Product", "Region", "Scheme", "Truth", "calval", "parse_region", "scheme_of"]
+__all__ = ["Product", "Region", "Truth", "calval", "parse_region", "scheme_of"]

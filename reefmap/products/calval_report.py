@@ -13,7 +13,6 @@ import re
 import numpy as np
 
 from reefmap.products.calval_metrics import metric_value
-from reefmap.viz.quicklook import PALETTE
 from reefmap.viz.render import LegendItem, MapPanel, categorical_rgba, nodata_legend, render_map, unfinished_legend
 
 UNFINISHED_CODE = 254
@@ -144,8 +143,9 @@ def excerpt_png(path: str, region: dict, arrays: dict, scheme: dict) -> None:
     step = max(1, math.ceil(max(gb.shape) / EXCERPT_MAX))
     sl = (slice(None, None, step), slice(None, None, step))
     inside = arrays["inside"][sl]
-    colours = {c: PALETTE.get(c, _fallback_rgb(i)) for i, c in enumerate(scheme["codes"])}
-    colours |= {UNFINISHED_CODE: (90, 90, 90), NOT_REEF_CODE: NOT_REEF_RGB, BINARY_REEF_CODE: PALETTE[3]}
+    colours = {c: tuple(int(h[k:k + 2], 16) for k in (0, 2, 4)) for c, h in zip(scheme["codes"], scheme["colors"])}
+    reef_rgb = colours[scheme["reef_codes"][0]]
+    colours |= {UNFINISHED_CODE: (90, 90, 90), NOT_REEF_CODE: NOT_REEF_RGB, BINARY_REEF_CODE: reef_rgb}
     t_codes, t_valid = arrays["truth"]
     truth = np.where(t_valid[sl] & inside, t_codes[sl], 0)
     panels = [MapPanel(categorical_rgba(truth, colours), "truth")]
@@ -172,13 +172,6 @@ def excerpt_png(path: str, region: dict, arrays: dict, scheme: dict) -> None:
     render_map(path, geobox, panels, title=f"Truth vs prediction: region {region['name']}",
                subtitle="white/hatched: no truth or no prediction (not scored)", legend=legend, min_size=300,
                note=f"shown at 1/{step} resolution" if step > 1 else "")
-
-
-def _fallback_rgb(i: int) -> tuple[int, int, int]:
-    from matplotlib import colormaps
-
-    r, g, b, _ = colormaps["tab20"](i % 20)
-    return int(r * 255), int(g * 255), int(b * 255)
 
 
 def _decimated(gb, step: int, shape):
