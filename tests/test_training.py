@@ -247,3 +247,16 @@ def test_ddp_with_two_cpu_processes_trains_and_the_ranks_agree(tmp_path):
     assert meta.training["processes"] == 2 and (tmp_path / "ddp" / "bundle" / "model.pt").is_file()
     with pytest.raises(InvalidParameter, match="batch 8 must be a multiple of nproc 3"):
         train(config(), tmp_path / "x", nproc=3)
+
+
+def test_early_stopping_on_the_validation_metric_and_the_patch_multiple(tmp_path):
+    from reefmap.model.training import train
+
+    cfg = config(optimisation={"epochs": 5, "patience": 1, "lr": 1e-12, "threads": 1},
+                 sampling={"patches_per_epoch": 8})  # no learning: the metric never improves after epoch 1
+    meta = train(cfg, tmp_path / "es", log=lambda *_: None)
+    s = json.loads((tmp_path / "es" / "train-log.json").read_text())["summary"]
+    assert s["epochs_run"] == 2 and s["stopped_early"] and s["best_epoch"] == 1
+    assert meta.training["validation"]["best_epoch"] == 1
+    with pytest.raises(InvalidParameter, match="patch 34 px is not a multiple of 4, .* use 36"):
+        train(config(sampling={"patch": 34}), tmp_path / "x")

@@ -226,6 +226,7 @@ def codes_to_index(codes: np.ndarray, valid: np.ndarray, values: np.ndarray) -> 
 
 
 def prepare(cfg: TrainingConfig, log=print) -> Prepared:
+    from reefmap.model.architectures import size_multiple as architecture_multiple
     from reefmap.model.bundle import read_spec
 
     raw_spec = cfg.model.spec
@@ -235,6 +236,10 @@ def prepare(cfg: TrainingConfig, log=print) -> Prepared:
         if len(sd.image.band_names) != len(spec["bands"]):
             raise InvalidParameter(f"scene {sd.scene.describe()} has {len(sd.image.band_names)} bands "
                                    f"{list(sd.image.band_names)}; the spec names {len(spec['bands'])}: {spec['bands']}")
+    m = architecture_multiple(cfg.model.architecture)
+    if cfg.sampling.patch % m:
+        raise InvalidParameter(f"sampling patch {cfg.sampling.patch} px is not a multiple of {m}, the input size "
+                               f"multiple of {cfg.model.architecture['name']}: use {-(-cfg.sampling.patch // m) * m}")
     values = np.array([c["value"] for c in spec["classes"]])
     reef = np.array([c["name"] in spec["reef_classes"] for c in spec["classes"]])
     patch, vr = cfg.sampling.patch, spec["valid_range"]
