@@ -11,6 +11,7 @@ _LAZY = {
     "open_mosaic": "reefmap.sources",
     "load_model": "reefmap.model.segmenter",
     "segment": "reefmap.compute.segment",
+    "train": "reefmap.model.training",
     "run": "reefmap.execute.runner",
     "plan_tiles": "reefmap.planning.plan",
     "open_map": "reefmap.products.mapview",

@@ -68,14 +68,6 @@ def cmd_status(a) -> int:
     return 0
 
 
-def cmd_train(a) -> int:
-    from reefmap.model.train import TrainConfig, train_bundle
-
-    meta = train_bundle(a.out, TrainConfig(steps=a.steps, seed=a.seed))
-    print(f"wrote bundle {meta.path} ({meta.name}, sha256 {meta.sha256[:12]})")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reefmap", description="Map coral reefs from satellite imagery into a Zarr store.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -94,15 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--map", metavar="PNG", help="also draw a world map of tile states into this PNG")
     s.set_defaults(fn=cmd_status)
-    t = sub.add_parser("train", help="train a model bundle on the synthetic reef world")
-    t.add_argument("--out", required=True)
-    t.add_argument("--steps", type=int, default=600)
-    t.add_argument("--seed", type=int, default=0)
-    t.set_defaults(fn=cmd_train)
     from reefmap.cli import bundle_cmds as cli_bundle
     from reefmap.cli import calval_cmds as cli_calval
     from reefmap.cli import global_cmds as cli_global
     from reefmap.cli import query_cmds as cli_query
+    from reefmap.cli import train_cmds as cli_train
     from reefmap.cli import verify_cmds as cli_verify
 
     cli_global.add_commands(sub)  # plan
@@ -110,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_bundle.add_commands(sub)  # bundle create|inspect|validate|convert
     cli_verify.add_commands(sub)  # verify
     cli_calval.add_commands(sub)  # calval
+    cli_train.add_commands(sub)  # train
     return p
 
 
