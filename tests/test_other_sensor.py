@@ -88,10 +88,10 @@ def test_a_pt2_of_a_new_architecture_maps_uint16_reflectance(scheme, tmp_path, c
 
     assert main(["bundle", "create", str(tmp_path / "gated.pt2"), "--spec", str(tmp_path / "spec.yaml"),
                  "--out", str(tmp_path / "bundle")]) == 0
+    run(open_mosaic(scene), tmp_path / "bundle", tmp_path / "t512.zarr", tile=512, client="inprocess", progress=False)
     code = main(["run", "--mosaic", scene, "--model", str(tmp_path / "bundle"), "--out", str(tmp_path / "t256.zarr"),
                  "--tile", "256", "--workers", "1", "--json"])
     assert code == 0, capsys.readouterr().err
-    run(open_mosaic(scene), tmp_path / "bundle", tmp_path / "t512.zarr", tile=512, client="inprocess", progress=False)
 
     maps = [xr.open_zarr(tmp_path / f"t{t}.zarr", consolidated=False) for t in (256, 512)]
     for ds in maps:  # the source's grid, exactly
