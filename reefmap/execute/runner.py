@@ -117,7 +117,7 @@ def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", ti
             f"would show seams; use --halo {meta.halo} (the bundle's default)"
         )
     plan = plan_tiles(reader.geobox, tile, halo, bbox=bbox, bbox_crs=bbox_crs, size_multiple=meta.size_multiple, mask=tile_mask)
-    windows = sample_windows([plan.grid.window(t) for t in plan.tiles()])
+    windows = sample_windows(plan.tiles(), lambda t: plan.grid.window(tuple(t)))
     reader = model_input(reader, meta.bands, bands, windows, meta.name)
     check_values(reader, windows, meta.source_data_type, meta.valid_range, meta.name)
     identity = {"model": meta.sha256, "halo": halo, "screen": bool(screen), "bands": list(meta.bands),

@@ -175,14 +175,15 @@ def _values_of(reader, band: int, windows: Sequence[Window]) -> np.ndarray:
     return np.concatenate([reader.read(w, (band,)).ravel() for w in windows]) if windows else np.empty(0)
 
 
-def sample_windows(windows: Sequence[Window], side: int = SAMPLE_SIDE, count: int = SAMPLE_WINDOWS) -> list[Window]:
-    """At most ``count`` windows of ``side`` pixels, centred in windows spread evenly over ``windows``."""
-    windows = list(windows)
-    if not windows:
+def sample_windows(tiles: Sequence, window_of=lambda w: w, side: int = SAMPLE_SIDE,
+                   count: int = SAMPLE_WINDOWS) -> list[Window]:
+    """At most ``count`` windows of ``side`` pixels, centred in tiles spread evenly over ``tiles`` (windows, or tile
+    indices with ``window_of`` giving each one's window: only the picked ones are looked up)."""
+    if not len(tiles):
         return []
-    picks = sorted({round(i * (len(windows) - 1) / max(1, count - 1)) for i in range(count)})
+    picks = sorted({round(i * (len(tiles) - 1) / max(1, count - 1)) for i in range(count)})
     out = []
-    for w in (windows[i] for i in picks):
+    for w in (window_of(tiles[i]) for i in picks):
         cy, cx = (w.row_start + w.row_stop) // 2, (w.col_start + w.col_stop) // 2
         hy, hx = min(side, w.shape.y) // 2, min(side, w.shape.x) // 2
         out.append(Window(cy - hy, cy - hy + max(1, 2 * hy), cx - hx, cx - hx + max(1, 2 * hx)))
