@@ -128,10 +128,10 @@ def model_input(reader, wanted: Sequence[str], bands=None, windows: Sequence[Win
     or a ``SubsetReader`` of it, so that workers read only those bands.
 
     The alpha rule: a band is used as a validity mask only when the file flags it as alpha (a GeoTIFF's colour
-    interpretation and mask flags; rasterio's default for a 4-band uint8 file) *and* the model does not ask for it
-    *and* its values on ``windows`` are all 0 or the type's maximum. Otherwise the flagged band is read as data, with
-    a warning saying why (a model that needs one band more than the others provide gets it: an RGBN file written
-    with rasterio's defaults has its NIR band flagged as alpha)."""
+    interpretation, which GDAL reports as the other bands' alpha mask flag too; rasterio's default for a 4-band
+    uint8 file) *and* the model does not ask for it *and* its values on ``windows`` are all 0 or the type's maximum.
+    Otherwise the flagged band is read as data, with a warning saying why (a model that needs one band more than
+    the others provide gets it: an RGBN file written with rasterio's defaults has its NIR band flagged as alpha)."""
     alt = reader.with_alpha_as_data() if hasattr(reader, "with_alpha_as_data") else None
     if alt is not None:
         flagged = f"band {alt.alpha_band + 1} of {_where(reader)} is flagged as alpha by the file"

@@ -59,8 +59,10 @@ class SubsetReader(ReaderBase):
     def _read_bands_inside(self, window: Window, bands: tuple[int, ...] | None) -> np.ndarray:
         picked = self.bands if bands is None else tuple(self.bands[b] for b in bands)
         r, c = self.window.row_start, self.window.col_start
-        return self.source.read(Window(window.row_start + r, window.row_stop + r, window.col_start + c,
-                                       window.col_stop + c), picked)
+        there = Window(window.row_start + r, window.row_stop + r, window.col_start + c, window.col_stop + c)
+        if isinstance(self.source, ReaderBase):
+            return self.source.read(there, picked)
+        return self.source.read(there)[list(picked)]  # a reader from outside reefmap: read(window) only
 
     def _read_inside(self, window: Window) -> np.ndarray:
         return self._read_bands_inside(window, None)
