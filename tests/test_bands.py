@@ -234,7 +234,7 @@ def test_run_of_a_window_maps_exactly_that_window_on_its_grid(tmp_path, how):
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
     ds = xr.open_zarr(tmp_path / "sub.zarr", consolidated=False)
-    assert ds.classification.shape == (100, 145) and ds.rio.transform() == T * Affine.translation(45, 30)
+    assert ds.classification.shape == (100, 145) and ds.rio.transform() == T @ Affine.translation(45, 30)
     assert ds.rio.crs == sub.rio.crs
     sources = json.loads(ds.attrs["reefmap"])["sources"][0]
     assert sources["kind"] == "subset" and sources["window"] == [30, 130, 45, 190]

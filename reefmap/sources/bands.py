@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from reefmap.errors import BandMismatch, InputValuesMismatch, InvalidParameter
+from reefmap.errors import BandMismatch, InputValuesMismatch, InvalidParameter, SourceError
 from reefmap.geometry.grid import Window
 
 log = logging.getLogger("reefmap.sources")
@@ -172,7 +172,18 @@ def _where(reader) -> str:
 
 
 def _values_of(reader, band: int, windows: Sequence[Window]) -> np.ndarray:
-    return np.concatenate([reader.read(w, (band,)).ravel() for w in windows]) if windows else np.empty(0)
+    blocks = [b.ravel() for b in readable(reader, windows, (band,))]
+    return np.concatenate(blocks) if blocks else np.empty(0)
+
+
+def readable(reader, windows: Sequence[Window], bands: tuple[int, ...] | None = None):
+    """The pixels of each of ``windows`` that can be read: a window that cannot (a corrupt block, a missing file) is
+    left out of the sample; its tile fails on its own in the run, with the reason recorded."""
+    for w in windows:
+        try:
+            yield reader.read(w) if bands is None else reader.read(w, bands)
+        except SourceError as e:
+            log.info(f"reefmap: a sample window of the mosaic was not readable ({type(e).__name__}); left out of the check")
 
 
 def sample_windows(tiles: Sequence, window_of=lambda w: w, side: int = SAMPLE_SIDE,
@@ -202,8 +213,7 @@ def check_values(reader, windows: Sequence[Window], source_data_type: str, valid
     dtype = np.dtype(reader.dtype)
     nodata = reader.nodata
     seen_min, seen_max, n, outside = math.inf, -math.inf, 0, 0
-    for w in windows:
-        block = reader.read(w)
+    for block in readable(reader, windows):
         if dtype.kind == "f":
             valid = ~np.all(np.isnan(block), axis=0)
             if nodata is not None and not math.isnan(nodata):
