@@ -248,3 +248,32 @@ def test_selections_the_runner_cannot_re_read_are_refused(tmp_path):
         with pytest.raises(InvalidParameter, match=msg):
             run(bad, None, tmp_path / "n.zarr", client="inprocess", progress=False)
     assert not (tmp_path / "n.zarr").exists()
+
+
+def test_zarr_and_stac_bands_are_found_by_coordinate_and_common_name(tmp_path, reference):
+    """A Zarr store with band coordinates blue, green, red, nir, and STAC items of assets B02, B03, B04 whose
+    eo:bands say blue, green, red: the model's red, green, blue are found in both, and the maps are the RGB file's."""
+    import datetime
+
+    import pystac
+
+    from reefmap.geometry.grid import Window
+
+    bgrn = np.concatenate([RGB[::-1], nir_like(RGB)[None]])
+    da = xr.DataArray(bgrn, dims=("band", "y", "x"), coords={"band": ["blue", "green", "red", "nir"]})
+    da.rio.write_crs("EPSG:32618").rio.write_transform(T).rio.write_nodata(0).to_dataset(name="image").to_zarr(
+        tmp_path / "m.zarr", consolidated=False)
+    z = open_mosaic(tmp_path / "m.zarr")
+    sub = reader_of(z)
+    np.testing.assert_array_equal(SubsetReader(sub, (2, 1, 0)).read(Window(0, 160, 0, 200)), RGB)  # oindex read
+    np.testing.assert_array_equal(mapped(z, tmp_path / "z.zarr")[0], reference[0])
+
+    item = pystac.Item("s", geometry=None, bbox=None, datetime=datetime.datetime(2024, 1, 1),
+                       properties={"proj:epsg": 32618, "proj:transform": list(T)[:6], "proj:shape": [160, 200]})
+    for i, (key, common) in enumerate((("B02", "blue"), ("B03", "green"), ("B04", "red"))):
+        href = write_tif(tmp_path / f"{key}.tif", RGB[2 - i][None].copy())
+        item.add_asset(key, pystac.Asset(href=href, media_type=pystac.MediaType.COG, roles=["data"],
+                                         extra_fields={"eo:bands": [{"name": key, "common_name": common}]}))
+    s = open_mosaic([item])
+    assert reader_of(s).band_names == ("B02", "B03", "B04") and reader_of(s).band_common_names == ("blue", "green", "red")
+    np.testing.assert_array_equal(mapped(s, tmp_path / "s.zarr")[0], reference[0])
