@@ -84,6 +84,7 @@ class RunConfig:
     crs: str | None = None
     screen: bool = True
     batch: int = 1
+    bands: Any = None  #: mosaic bands for the model's: "red=3,green=2,blue=1", "B04,B03,B02", a list or a mapping
 
     def __post_init__(self):
         if not self.mosaic:
@@ -109,6 +110,8 @@ class RunConfig:
                 object.__setattr__(self, name, positive_int(name, getattr(self, name)))
         if self.halo is not None:
             object.__setattr__(self, "halo", whole_number("halo", self.halo, 0))
+        if self.bands is not None:
+            object.__setattr__(self, "bands", _frozen_bands(self.bands))
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> "RunConfig":
@@ -321,3 +324,16 @@ class GlobalRunConfig:
 
 __all__ = ["RunConfig", "GlobalRunConfig", "grid_from_config", "describe_grid", "load_yaml", "resolve_path",
            "check_keys"]
+
+
+def _frozen_bands(bands) -> str | tuple[str, ...]:
+    """A ``bands`` setting in a hashable form ``reefmap.sources.bands.parse_bands`` reads: text as given, a list as a
+    tuple of names, a mapping as ``"red=3,green=2"`` text."""
+    if isinstance(bands, str):
+        return bands
+    if isinstance(bands, Mapping) and bands:
+        return ",".join(f"{k}={v}" for k, v in bands.items())
+    if isinstance(bands, (list, tuple)) and bands and all(isinstance(b, (str, int)) for b in bands):
+        return tuple(str(b) for b in bands)
+    raise InvalidParameter(f"bands must name the mosaic's bands for the model's, e.g. bands: red=3,green=2,blue=1, "
+                           f"bands: [B04, B03, B02] or bands: {{red: 3, green: 2, blue: 1}}; got {bands!r}")

@@ -43,7 +43,12 @@ class CRSMismatch(SourceError):
 
 
 class BandMismatch(ReefmapError):
-    """The mosaic's band count does not match what the model expects."""
+    """The mosaic lacks a band the model expects (or a ``bands`` selection names none of its bands)."""
+
+
+class InputValuesMismatch(ReefmapError):
+    """The mosaic's pixel type or values do not fit the model's declared input (e.g. uint16 reflectance given to a
+    model of 8-bit values, or 0..1 floats given to a model of integers)."""
 
 
 class BBoxError(InvalidParameter):

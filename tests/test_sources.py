@@ -199,18 +199,18 @@ def test_open_reads_no_pixels_and_keeps_no_file_open(tmp_path, monkeypatch):
     from reefmap.sources.geotiff import GeoTIFFMosaicReader
 
     calls = {"inside": 0, "rio": 0}
-    orig_inside = GeoTIFFMosaicReader._read_inside
+    orig_inside = GeoTIFFMosaicReader._read_bands_inside
     orig_read = rasterio.io.DatasetReader.read
 
-    def counting_inside(self, window):
+    def counting_inside(self, window, bands):
         calls["inside"] += 1
-        return orig_inside(self, window)
+        return orig_inside(self, window, bands)
 
     def counting_read(self, *a, **k):
         calls["rio"] += 1
         return orig_read(self, *a, **k)
 
-    monkeypatch.setattr(GeoTIFFMosaicReader, "_read_inside", counting_inside)
+    monkeypatch.setattr(GeoTIFFMosaicReader, "_read_bands_inside", counting_inside)
     monkeypatch.setattr(rasterio.io.DatasetReader, "read", counting_read)
     paths = [write_tif(tmp_path / f"q{i}.tif", scene(seed=i), T0 @ Affine.translation(300 * i, 0)) for i in range(3)]
     m = open_mosaic(paths, chunks=100)
@@ -233,8 +233,8 @@ def test_graph_is_lazy_and_reads_only_needed_chunks(tmp_path, monkeypatch):
         sub = (m.isel(x=slice(0, 50), y=slice(0, 50)).astype("float32") * 2).rio.write_crs("EPSG:32618")
         assert sub.shape == (3, 50, 50)
     seen = []
-    orig = GeoTIFFMosaicReader._read_inside
-    monkeypatch.setattr(GeoTIFFMosaicReader, "_read_inside", lambda self, w: seen.append(w) or orig(self, w))
+    orig = GeoTIFFMosaicReader._read_bands_inside
+    monkeypatch.setattr(GeoTIFFMosaicReader, "_read_bands_inside", lambda self, w, b: seen.append(w) or orig(self, w, b))
     sub.compute(scheduler="sync")
     assert seen == [Window(0, 100, 0, 100)]
 
@@ -767,7 +767,7 @@ def test_every_reader_kind_comes_from_the_explicit_table():
 
     from reefmap.sources import base
 
-    assert set(base.READERS) == {"memory", "zarr", "geotiff", "stac", "synthetic"}
+    assert set(base.READERS) == {"memory", "zarr", "geotiff", "stac", "subset", "synthetic"}
     for kind, target in base.READERS.items():
         module, _, attr = target.partition(":")
         factory = importlib.import_module(module)

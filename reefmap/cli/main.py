@@ -23,6 +23,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--halo", type=int, help="halo in pixels (default: what the model bundle needs)")
     p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
     p.add_argument("--crs", help="target CRS when mosaic files differ in CRS")
+    p.add_argument("--bands", help="the mosaic's bands for the model's when their names differ: model=mosaic pairs "
+                   "(--bands red=3,green=2,blue=1) or mosaic bands in the model's order (--bands B04,B03,B02,B08); "
+                   "names or 1-based numbers")
     p.add_argument("--no-screen", dest="screen", action="store_false", default=None, help="infer every tile (no empty-tile screen)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--allow-new-sources", action="store_true",
@@ -35,7 +38,8 @@ def cmd_run(a) -> int:
     from reefmap.execute.runner import run_config
 
     over = {"mosaic": tuple(a.mosaic) if a.mosaic else None, "out": a.out, "model": a.model, "bbox": a.bbox,
-            "tile": a.tile, "halo": a.halo, "workers": a.workers, "crs": a.crs, "screen": a.screen}
+            "tile": a.tile, "halo": a.halo, "workers": a.workers, "crs": a.crs, "screen": a.screen,
+            "bands": a.bands}
     if a.config:
         cfg = RunConfig.from_yaml(a.config, **over)
     else:

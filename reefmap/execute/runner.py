@@ -18,7 +18,7 @@ import numpy as np
 from reefmap.checks import positive_int
 from reefmap.compute.tiles import TileJob
 from reefmap.config import RunConfig
-from reefmap.errors import BandMismatch, InvalidParameter, TileFailures
+from reefmap.errors import InvalidParameter, TileFailures
 from reefmap.execute.executors import INPROCESS, Distributed, InProcess, open_executor
 from reefmap.execute.loop import chain, store_writes, submit_bounded
 from reefmap.execute.progress import RunProgress
@@ -87,24 +87,26 @@ class RunSummary:
 
 def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: int = DEFAULT_TILE,
             halo: int | None = None, screen: bool = True, storage_options: dict | None = None,
-            tile_mask: np.ndarray | None = None, allow_new_sources: bool = False) -> tuple[Plan, TileJob, MapStore]:
-    """Plan a run and open (or create) its store — metadata only: no pixels, no torch.
+            tile_mask: np.ndarray | None = None, allow_new_sources: bool = False,
+            bands=None) -> tuple[Plan, TileJob, MapStore]:
+    """Plan a run and open (or create) its store — no torch, and of the pixels only a few small windows.
+
+    The model's input bands are picked from the mosaic by name, or as ``bands`` says (a list of mosaic bands in the
+    model's order, or a mapping model band → mosaic band; ``reefmap.sources.bands``): workers read only those. Before
+    the store is touched, a few windows of them are read and their type and values checked against the model's
+    (``check_values``: ``InputValuesMismatch``); a band the mosaic lacks is ``BandMismatch``.
 
     An existing store must have been made with the same grid, model, parameters and input (its identity; paths
     without credentials plus a fingerprint of the input's metadata): another input is refused (``StoreMismatch``)
     unless ``allow_new_sources``, which extends the map with it (recorded in its provenance)."""
     from reefmap.model.bundle import read_bundle
+    from reefmap.sources.bands import check_values, model_input, sample_windows
     from reefmap.sources.base import public_spec, reader_of, source_identity
 
     if out is None:
         raise InvalidParameter("no output store given; pass out= (a path or URL ending in .zarr)")
     reader = reader_of(mosaic)
     meta = read_bundle(model)
-    if len(reader.band_names) != len(meta.bands):
-        raise BandMismatch(
-            f"the mosaic has {len(reader.band_names)} bands ({', '.join(map(str, reader.band_names))}) but model "
-            f"{meta.name!r} expects {len(meta.bands)} ({', '.join(meta.bands)}); give a mosaic with those bands or a matching model"
-        )
     if bbox is not None and is_geographic(bbox_crs):
         bbox = BBox.parse_lonlat(list(bbox) if isinstance(bbox, BBox) else bbox)
     tile = fit_tile(positive_int("tile", tile), reader.geobox.shape, meta.size_multiple)
@@ -115,6 +117,9 @@ def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", ti
             f"would show seams; use --halo {meta.halo} (the bundle's default)"
         )
     plan = plan_tiles(reader.geobox, tile, halo, bbox=bbox, bbox_crs=bbox_crs, size_multiple=meta.size_multiple, mask=tile_mask)
+    windows = sample_windows(plan.tiles(), lambda t: plan.grid.window(tuple(t)))
+    reader = model_input(reader, meta.bands, bands, windows, meta.name)
+    check_values(reader, windows, meta.source_data_type, meta.valid_range, meta.name)
     identity = {"model": meta.sha256, "halo": halo, "screen": bool(screen), "bands": list(meta.bands),
                 "sources": [source_identity(reader)]}
     provenance = {
@@ -220,7 +225,7 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
         screen: bool = True, client: Any = None, workers: int | None = None, batch: int = 1,
         max_in_flight: int | None = None, progress: bool = True, storage_options: dict | None = None,
         raise_on_failure: bool = True, allow_new_sources: bool = False,
-        verify: bool = False) -> RunSummary:
+        verify: bool = False, bands=None) -> RunSummary:
     """Map ``mosaic`` with ``model`` into the Zarr store ``out``; resumable and idempotent.
 
     ``client`` (the same meaning as in ``run_batch``, see :func:`~reefmap.execute.executors.open_executor`):
@@ -234,9 +239,14 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     :func:`prepare`). Finished tiles are skipped after a cheap check that their chunks are there (existence and size;
     ``verify=True``: their checksums too, reading them): damaged ones are recomputed and listed in the summary's
     ``damaged``.
+
+    ``mosaic``: what ``open_mosaic`` returned, or a ``.sel``/``.isel`` of it (exactly that part is mapped, on its own
+    grid). ``bands``: which mosaic bands feed the model, when their names are not the model's: a list in the model's
+    order (``["B04", "B03", "B02"]``, or 1-based numbers) or a mapping (``{"red": 3, "green": 2, "blue": 1}``); see
+    :func:`prepare` for the checks made before anything is written.
     """
     plan, job, store = prepare(mosaic, model, out, bbox=bbox, bbox_crs=bbox_crs, tile=tile, halo=halo, screen=screen,
-                               storage_options=storage_options, allow_new_sources=allow_new_sources)
+                               storage_options=storage_options, allow_new_sources=allow_new_sources, bands=bands)
     options = RunOptions(batch=batch, max_in_flight=max_in_flight, progress=progress, verify=verify)
     states, damaged = states_for_run(store, full=verify)  # finished tiles checked: damaged ones count as pending
     if not plan.remaining(is_finished(states)).any():
@@ -257,4 +267,4 @@ def run_config(cfg: RunConfig, *, client: Any = None, progress: bool = True,
     mosaic = open_mosaic(list(cfg.mosaic) if len(cfg.mosaic) > 1 else cfg.mosaic[0], crs=cfg.crs)
     return run(mosaic, cfg.model, cfg.out, bbox=cfg.bbox, tile=cfg.tile, halo=cfg.halo, screen=cfg.screen,
                client=client, workers=cfg.workers, batch=cfg.batch, progress=progress,
-               raise_on_failure=raise_on_failure, allow_new_sources=allow_new_sources, verify=verify)
+               raise_on_failure=raise_on_failure, allow_new_sources=allow_new_sources, verify=verify, bands=cfg.bands)

@@ -32,8 +32,9 @@ class Reader(Protocol):
     dtype: np.dtype
     nodata: float | int | None
 
-    def read(self, window: Window) -> np.ndarray:
-        """Pixels of ``window`` as ``(band, y, x)`` of ``dtype``; outside the grid → ``nodata``."""
+    def read(self, window: Window, bands: tuple[int, ...] | None = None) -> np.ndarray:
+        """Pixels of ``window`` as ``(band, y, x)`` of ``dtype``; outside the grid → ``nodata``. ``bands``: the
+        0-based positions of the bands to read, in that order (default: all)."""
 
     def spec(self) -> dict:
         """A JSON-serialisable description; ``open_reader(spec)`` rebuilds an equivalent reader."""
@@ -46,6 +47,7 @@ READERS: dict[str, str] = {
     "zarr": "reefmap.sources.zarr_source:ZarrReader.from_spec",
     "geotiff": "reefmap.sources.geotiff:GeoTIFFMosaicReader.from_spec",
     "stac": "reefmap.sources.stac:StacReader.from_spec",
+    "subset": "reefmap.sources.subset:SubsetReader.from_spec",
     "synthetic": "reefmap.synthetic.reader:SyntheticReader.from_spec",  # a layer above: named, never imported here
 }
 _FACTORIES: dict[str, Callable[[dict], Reader] | str] = dict(READERS)  # + register_reader's; strings until first use
@@ -120,7 +122,10 @@ def source_identity(reader: "Reader") -> dict:
     import hashlib
 
     spec = public_spec(reader.spec())
-    what = {k: v for k, v in spec.items() if k not in ("storage_options", "id")}
+    what = {k: v for k, v in spec.items() if k not in ("storage_options", "id", "source")}
+    if spec.get("kind") == "subset":  # the source's identity, and which part of it
+        what["source"] = source_identity(reader.source)
+        spec = spec["source"]
     what["pixels"] = [str(np.dtype(reader.dtype)), None if reader.nodata is None else float(reader.nodata),
                       [str(b) for b in reader.band_names]]
     if spec.get("kind") == "stac":
@@ -170,16 +175,23 @@ class ReaderBase:
             return 0
         return np.array(self.nodata).astype(self.dtype)
 
-    def read(self, window: Window) -> np.ndarray:
-        """Pad-aware read: reads the in-grid part with ``_read_inside`` and fills the rest with nodata."""
+    def read(self, window: Window, bands: tuple[int, ...] | None = None) -> np.ndarray:
+        """Pad-aware read: reads the in-grid part with ``_read_bands_inside`` and fills the rest with nodata."""
         inside = window.intersect(Window(0, self.geobox.shape.y, 0, self.geobox.shape.x))
         if inside == window:
-            return self._read_inside(window)
-        out = np.full((len(self.band_names), *window.shape), self.fill_value(), dtype=self.dtype)
+            return self._read_bands_inside(window, bands)
+        nb = len(self.band_names) if bands is None else len(bands)
+        out = np.full((nb, *window.shape), self.fill_value(), dtype=self.dtype)
         if inside is not None:
             rel = inside.relative_to(window)
-            out[(slice(None), *rel.slices)] = self._read_inside(inside)
+            out[(slice(None), *rel.slices)] = self._read_bands_inside(inside, bands)
         return out
+
+    def _read_bands_inside(self, window: Window, bands: tuple[int, ...] | None) -> np.ndarray:
+        """The chosen bands of an in-grid window: all of them read, then picked (readers that can read fewer
+        bands override this)."""
+        data = self._read_inside(window)
+        return data if bands is None else data[list(bands)]
 
     def _read_inside(self, window: Window) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -259,7 +271,8 @@ def reader_to_dataarray(reader: Reader, chunks: int | dict | None = 1024, name: 
 
 
 def reader_of(mosaic) -> Reader:
-    """The reader behind a DataArray made by ``open_mosaic`` (or a ``Reader`` passed through)."""
+    """The reader behind a DataArray made by ``open_mosaic`` (or a ``Reader`` passed through): of exactly the bands
+    and pixels the DataArray shows when it was narrowed with ``.sel``/``.isel`` (``subset_of_dataarray``)."""
     if isinstance(mosaic, Reader):
         return mosaic
     spec = getattr(mosaic, "attrs", {}).get("reefmap_source")
@@ -278,7 +291,9 @@ def reader_of(mosaic) -> Reader:
                 "never saved with the array), and this process no longer has them; open it again with "
                 "reefmap.open_mosaic(...) here"
             )
-    return open_reader(spec)
+    from reefmap.sources.subset import subset_of_dataarray
+
+    return subset_of_dataarray(mosaic, open_reader(spec))
 
 
 def _split(n: int, c: int) -> tuple[int, ...]:

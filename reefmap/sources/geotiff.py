@@ -46,7 +46,7 @@ class FileInfo:
     alpha: int | None  # 1-based index of an alpha band
     nodata: float | int | None
     dtype: str
-    descriptions: tuple[str | None, ...]
+    descriptions: tuple[str | None, ...]  # per band of the file, 1..count (the alpha band too)
     window: Window | None = None  # the file's footprint in mosaic pixels (clipped to the grid)
     warp: bool = False  # read through a WarpedVRT onto the mosaic grid
 
@@ -102,7 +102,7 @@ class GeoTIFFMosaicReader(ReaderBase):
     kind = "geotiff"
 
     def __init__(self, paths: Sequence[Any] | Any, crs: Any = None, resolution: Any = None,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, alpha_as_data: bool = False):
         if isinstance(paths, (str, bytes)) or not isinstance(paths, Sequence):
             paths = [paths]
         if not paths:
@@ -111,6 +111,7 @@ class GeoTIFFMosaicReader(ReaderBase):
         self.storage_options = dict(storage_options or {})
         self.target_crs = None if crs is None else _canon_crs(crs, "crs")
         self.resolution = _parse_resolution(resolution)
+        self.alpha_is_data = bool(alpha_as_data)
         infos = _scan_headers(self.paths, self.storage_options)
         self._setup(*_plan(infos, self.target_crs, self.resolution))
 
@@ -119,23 +120,27 @@ class GeoTIFFMosaicReader(ReaderBase):
         self.geobox = geobox
         self.files = tuple(files)
         f0 = files[0]
-        counts = {len(f.indexes) for f in files}
+        #: the 0-based position of the first file's alpha-flagged band, when it is read as data (else None)
+        self.alpha_band = self._indexes(f0).index(f0.alpha) if self.alpha_is_data and f0.alpha else None
+        counts = {len(self._indexes(f)) for f in files}
         if len(counts) > 1:
-            listing = "; ".join(f"{f.path}: {len(f.indexes)}" for f in files)
+            listing = "; ".join(f"{f.path}: {len(self._indexes(f))}" for f in files)
             raise SourceError(
                 f"GeoTIFF files have different numbers of bands (alpha not counted): {listing}; "
                 "mosaic only files with the same bands"
             )
         self.dtype = np.result_type(*[np.dtype(f.dtype) for f in files])
         nd = next((f.nodata for f in files if f.nodata is not None), None)
-        if nd is None and (any(f.alpha for f in files) or any(f.warp for f in files) or len(files) > 1):
+        if nd is None and (any(self._alpha(f) for f in files) or any(f.warp for f in files) or len(files) > 1):
             nd = 0
         self.nodata = coerce_nodata(nd, self.dtype) if nd is not None else None
-        desc = f0.descriptions  # the band descriptions, else colour interpretations (red, green, blue, gray)
+        desc = [f0.descriptions[i - 1] for i in self._indexes(f0)]  # descriptions, else colour interpretations (red, ...)
         if all(d for d in desc) and len(set(desc)) == len(desc):
             self.band_names = tuple(str(d) for d in desc)
+        elif self.alpha_band is not None:  # the bands that have a name keep it: the alpha-flagged one is "4" or so
+            self.band_names = tuple(str(d) if d and desc.count(d) == 1 else str(i + 1) for i, d in enumerate(desc))
         else:
-            self.band_names = tuple(str(i + 1) for i in range(len(f0.indexes)))
+            self.band_names = tuple(str(i + 1) for i in range(len(desc)))
         self._local = threading.local()
 
     @classmethod
@@ -145,6 +150,7 @@ class GeoTIFFMosaicReader(ReaderBase):
         self.storage_options = dict(spec.get("storage_options") or {})
         self.target_crs = spec.get("crs")
         self.resolution = None if spec.get("resolution") is None else tuple(spec["resolution"])
+        self.alpha_is_data = bool(spec.get("alpha_as_data"))
         if "files" in spec and "geobox" in spec:
             self._setup(GeoBox.from_json(spec["geobox"]), [FileInfo.from_json(f) for f in spec["files"]])
         else:  # a hand-written spec: read the headers
@@ -161,11 +167,31 @@ class GeoTIFFMosaicReader(ReaderBase):
             "storage_options": self.storage_options,
             "geobox": self.geobox.to_json(),
             "files": [f.to_json() for f in self.files],
+            **({"alpha_as_data": True} if self.alpha_is_data else {}),
         }
+
+    def _indexes(self, f: FileInfo) -> tuple[int, ...]:
+        """The 1-based bands of file ``f`` read as data: the alpha-flagged one too when ``alpha_as_data``."""
+        return tuple(sorted(f.indexes + (f.alpha,))) if self.alpha_is_data and f.alpha else f.indexes
+
+    def _alpha(self, f: FileInfo) -> int | None:
+        """The 1-based band of file ``f`` used as its validity mask, if any."""
+        return None if self.alpha_is_data else f.alpha
+
+    def with_alpha_as_data(self) -> "GeoTIFFMosaicReader | None":
+        """This mosaic with the band its first file flags as alpha (colour interpretation and mask flags) read as a
+        data band (its ``alpha_band``) and pixels valid by nodata only; None when no file flags an alpha band."""
+        if self.alpha_is_data or not self.files[0].alpha:
+            return None
+        return GeoTIFFMosaicReader.from_spec({**self.spec(), "alpha_as_data": True})
 
     # -- reading -----------------------------------------------------------------------------------------
     def _read_inside(self, window: Window) -> np.ndarray:
-        nb = len(self.band_names)
+        return self._read_bands_inside(window, None)
+
+    def _read_bands_inside(self, window: Window, bands: tuple[int, ...] | None) -> np.ndarray:
+        """Only the chosen bands are read from each file; a pixel is valid by those bands (or the alpha band)."""
+        nb = len(self.band_names) if bands is None else len(bands)
         out = np.full((nb, *window.shape), self.fill_value(), dtype=self.dtype)
         filled = np.zeros(tuple(window.shape), dtype=bool)
         for i, f in enumerate(self.files):
@@ -176,7 +202,7 @@ class GeoTIFFMosaicReader(ReaderBase):
             sub_filled = filled[rel.slices]
             if sub_filled.all():
                 continue
-            data, valid = self._read_file(i, inter)
+            data, valid = self._read_file(i, inter, bands)
             take = valid & ~sub_filled
             sub_out = out[(slice(None), *rel.slices)]
             sub_out[:, take] = data[:, take]
@@ -185,8 +211,9 @@ class GeoTIFFMosaicReader(ReaderBase):
                 break
         return out
 
-    def _read_file(self, i: int, inter: Window) -> tuple[np.ndarray, np.ndarray]:
-        """``(data (band, y, x), valid (y, x))`` of file ``i`` over mosaic window ``inter``."""
+    def _read_file(self, i: int, inter: Window, bands: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(data (band, y, x), valid (y, x))`` of bands ``bands`` (all: None) of file ``i`` over mosaic window
+        ``inter``."""
         from rasterio.windows import Window as RioWindow
 
         f = self.files[i]
@@ -197,8 +224,10 @@ class GeoTIFFMosaicReader(ReaderBase):
         else:
             rel = _file_window(f, self.geobox, inter)
             rw = RioWindow(rel.col_start, rel.row_start, rel.shape.x, rel.shape.y)
-        alpha = f.alpha if not f.warp else ds.count if ds.count > len(f.indexes) else None
-        indexes = list(f.indexes) + ([alpha] if alpha else [])
+        data_bands = self._indexes(f)
+        alpha = self._alpha(f) if not f.warp else ds.count if ds.count > len(data_bands) else None
+        chosen = list(data_bands) if bands is None else [data_bands[b] for b in bands]
+        indexes = chosen + ([alpha] if alpha else [])
         try:
             arr = h.run(ds.read, indexes=indexes, window=rw)
         except Exception as e:  # noqa: BLE001 - GDAL reports decode failures as RasterioIOError/CPLE_*
@@ -208,7 +237,7 @@ class GeoTIFFMosaicReader(ReaderBase):
                 f"{inter.col_start}:{inter.col_stop}: {type(cause).__name__}: {cause}. The file is truncated or "
                 "corrupt there: re-download or rewrite it"
             ) from e
-        data = arr[: len(f.indexes)]
+        data = arr[: len(chosen)]
         if alpha:
             valid = arr[-1] != 0
         elif f.nodata is not None and not (isinstance(f.nodata, float) and math.isnan(f.nodata)):
@@ -254,9 +283,9 @@ class GeoTIFFMosaicReader(ReaderBase):
         g = self.geobox
         kw: dict = dict(crs=g.crs, transform=g.transform, width=g.shape.x, height=g.shape.y,
                         resampling=Resampling.nearest, tolerance=WARP_TOLERANCE_PX)
-        if f.nodata is not None and f.alpha is None:
+        if f.nodata is not None and self._alpha(f) is None:
             kw.update(src_nodata=f.nodata, nodata=f.nodata)
-        elif f.alpha is None:
+        elif self._alpha(f) is None:
             kw.update(add_alpha=True)
         vrt = WarpedVRT(src, **kw)
         return (src, vrt)
@@ -389,9 +418,9 @@ def _read_header(path: str, storage_options: dict) -> FileInfo:
             raise SourceError(f"GeoTIFF {path} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:32618 {path})")
         if src.transform == Affine.identity() and not src.gcps[0]:
             raise SourceError(f"GeoTIFF {path} has no geotransform; georeference it before mosaicking")
-        alpha = None
+        alpha = None  # a band flagged alpha, unless its description names it otherwise (B08, nir: a data band)
         for i, ci in enumerate(src.colorinterp, start=1):
-            if ci == ColorInterp.alpha:
+            if ci == ColorInterp.alpha and (src.descriptions[i - 1] or "alpha").lower() in ("alpha", "mask"):
                 alpha = i
         indexes = tuple(i for i in range(1, src.count + 1) if i != alpha)
         dtypes = {src.dtypes[i - 1] for i in indexes}
@@ -407,7 +436,8 @@ def _read_header(path: str, storage_options: dict) -> FileInfo:
         return FileInfo(
             path=path, crs=_canon_crs(src.crs, f"the CRS of {path}"), transform=src.transform,
             shape=Shape(src.height, src.width), indexes=indexes, alpha=alpha, nodata=nodata, dtype=dtype,
-            descriptions=tuple(src.descriptions[i - 1] or _COLOUR_NAMES.get(src.colorinterp[i - 1].name) for i in indexes),
+            descriptions=tuple(src.descriptions[i - 1] or _COLOUR_NAMES.get(src.colorinterp[i - 1].name)
+                               for i in range(1, src.count + 1)),
         )
 
 

@@ -67,6 +67,9 @@ class StacReader(ReaderBase):
         epsg_out = self._stack.attrs.get("crs") or self._stack.attrs["spec"].epsg
         self.geobox = GeoBox(Shape(ny, nx), self._stack.attrs["transform"], str(epsg_out).upper())
         self.band_names = tuple(str(b) for b in np.asarray(self._stack.coords["band"].values).tolist())
+        #: each band's ``eo:bands`` ``common_name`` (red, nir, ...), where the items give one: a model's bands match
+        #: these as well as the asset keys
+        self.band_common_names = _common_names(self._stack, len(self.band_names))
         if self.params["assets"] is None:
             self.params["assets"] = list(self.band_names)
 
@@ -92,6 +95,14 @@ class StacReader(ReaderBase):
         p = {k: spec.get(k) for k in ("assets", "epsg", "resolution", "bounds")}
         return cls(spec["items"], dtype=spec.get("dtype", "uint8"), fill_value=spec.get("fill_value", 0),
                    chunksize=spec.get("chunksize", 1024), snap_bounds=spec.get("snap_bounds", False), **p)
+
+
+def _common_names(stack, n: int) -> tuple[str | None, ...]:
+    """The ``common_name`` coordinate stackstac makes of ``eo:bands`` (one per band), else Nones."""
+    coord = stack.coords.get("common_name")
+    if coord is None or "band" not in coord.dims:
+        return (None,) * n
+    return tuple(str(v) if isinstance(v, str) and v else None for v in np.asarray(coord.values).ravel().tolist())
 
 
 def _resolution(resolution):

@@ -56,9 +56,16 @@ class ZarrReader(ReaderBase):
         self.band_names = _band_names(group, nb)
 
     def _read_inside(self, window: Window) -> np.ndarray:
+        return self._read_bands_inside(window, None)
+
+    def _read_bands_inside(self, window: Window, bands: tuple[int, ...] | None) -> np.ndarray:
+        """Only the chosen bands' chunks are read."""
         r0, r1, c0, c1 = window.to_json()
         try:
-            block = self._array[:, r0:r1, c0:c1]
+            if bands is None:
+                block = self._array[:, r0:r1, c0:c1]
+            else:
+                block = self._array.oindex[list(bands), r0:r1, c0:c1]
         except FileNotFoundError as e:
             raise SourceNotFound(f"Zarr store {self.url} disappeared while reading window {window.to_json()}: {e}") from e
         except Exception as e:  # noqa: BLE001 - any codec/IO failure of a chunk
