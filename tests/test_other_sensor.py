@@ -68,7 +68,7 @@ def scheme_spec(scheme: str) -> dict:
 
 
 @pytest.mark.parametrize("scheme", [
-    pytest.param("benthic", marks=pytest.mark.xfail(strict=False, reason="class schemes: merged separately")),
+    "benthic",
     "demo",
 ])
 def test_a_pt2_of_a_new_architecture_maps_uint16_reflectance(scheme, tmp_path, capsys):
