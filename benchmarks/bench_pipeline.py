@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -66,13 +67,16 @@ def main(argv=None) -> int:
         f"{a.workers} --device {device} --batch {a.batch} --precision {a.precision} --models {a.models} "
         f"--resnet-width {a.resnet_width} --ceiling-batch {a.ceiling_batch} --rounds {a.rounds}"
         + (" --no-cluster" if a.no_cluster else ""))
+    say(f"# load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')} (on a shared, loaded CPU set it to PASSIVE: spinning OpenMP "
+        "threads made forward passes 5-9x slower and the figures erratic)")
     src = synthetic_source(work / "mosaic.zarr", a.size, a.tile)
     bundles = {"demo": None, "resnet34_unet": resnet_bundle(work / "resnet34_unet", a.resnet_width)}
     results = {}
     for model_name in a.models.split(","):
         results[model_name] = bench_model(model_name, bundles[model_name], src, device, a, work, say)
     out = {"device": device, "device_name": name, "torch": torch.__version__, "size": a.size, "tile": a.tile,
-           "batch": a.batch, "precision": a.precision, "workers": a.workers}
+           "batch": a.batch, "precision": a.precision, "workers": a.workers, "load_average": os.getloadavg()[0]}
     first = results.get("demo") or next(iter(results.values()))
     out.update(first)
     out["models"] = results
@@ -139,7 +143,8 @@ def bench_model(model_name, bundle, src, device, a, work, say) -> dict:
     say(f"\n## {model_name}: {meta.name} ({params / 1e6:.2f} M parameters), halo {meta.halo}, "
         f"{len(tasks)} tiles, path: {'device' if uses_device_path(model) else 'numba kernels + model.predict'}")
 
-    ceil = in_thread(ceiling, model, a.tile, meta.halo, a.ceiling_batch, a.rounds)
+    window = Counter((t.read.shape.y, t.read.shape.x) for t in tasks).most_common(1)[0][0]
+    ceil = in_thread(ceiling, model, a.tile, window, a.ceiling_batch, a.rounds)
     # the bare model as reefmap calls it: in-memory halo'd blocks, --batch per call, screen off
     blocks = [np.ascontiguousarray(raw[(slice(None), *t.read.slices)]) for t in tasks]
     groups = [range(i, min(i + a.batch, len(tasks))) for i in range(0, len(tasks), a.batch)]
@@ -158,8 +163,8 @@ def bench_model(model_name, bundle, src, device, a, work, say) -> dict:
     res = {"ceiling_mpx_s": round(ceil, 3), "bare_mpx_s": round(bare, 3),
            "pipeline_inprocess_mpx_s": round(mpx / t_ip, 3), "pipeline_cluster_mpx_s": None,
            "read_amplification": read_amplification(plan, src), "tiles": len(tasks), "halo": meta.halo,
-           "parameters": params}
-    lines = [("device ceiling (batch %d, uint8 in/out on the device)" % a.ceiling_batch, ceil, ""),
+           "parameters": params, "ceiling_window": list(window)}
+    lines = [(f"device ceiling (batch {a.ceiling_batch} of {window[0]}x{window[1]}, uint8 in/out)", ceil, ""),
              ("bare model as reefmap calls it (in-memory blocks)", bare, ""),
              (f"pipeline in-process ({a.workers} threads, Zarr → Zarr)", mpx / t_ip, f"{s_ip.done} tiles")]
     if not a.no_cluster:
@@ -194,19 +199,20 @@ def in_thread(fn, *args):
         return ex.submit(fn, *args).result()
 
 
-def ceiling(model, tile: int, halo: int, batch: int, rounds: int) -> float:
-    """Output Mpx/s of the whole per-tile computation on the device for synthetic uint8 halo'd blocks: pinned host
-    input (on CUDA) → device → normalise + mask → forward (one batch) → softmax → encode → uint8 layers to the host."""
+def ceiling(model, tile: int, window: tuple[int, int], batch: int, rounds: int) -> float:
+    """Output Mpx/s of the whole per-tile computation on the device for synthetic uint8 halo'd blocks of shape
+    ``window`` (the plan's commonest read window; a tile x tile core of each is the output): pinned host input (on
+    CUDA) → device → normalise + mask → forward (one batch) → softmax → encode → uint8 layers to the host."""
     import torch
 
     from reefmap.model.segmenter import device_encode, device_normalize
 
     meta, dev = model.meta, model.device
     cuda = dev.type == "cuda"
-    n = tile + 2 * halo
+    ny, nx = window
+    oy, ox = (ny - tile) // 2, (nx - tile) // 2
     m = meta.size_multiple
-    pad = (-n) % m
-    x = torch.randint(1, 256, (batch, len(meta.bands), n, n), dtype=torch.uint8)
+    x = torch.randint(1, 256, (batch, len(meta.bands), ny, nx), dtype=torch.uint8)
     x = x.pin_memory() if cuda else x
     out = torch.empty((batch, 2, tile, tile), dtype=torch.uint8, pin_memory=cuda)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(model.precision)
@@ -214,12 +220,12 @@ def ceiling(model, tile: int, halo: int, batch: int, rounds: int) -> float:
     def step():
         with torch.inference_mode():
             xx, valid = device_normalize(x.to(dev, non_blocking=cuda), meta.kernel_scaling(), 0, meta.valid_range)
-            xx = torch.nn.functional.pad(xx, (0, pad, 0, pad)).contiguous(memory_format=torch.channels_last)
+            xx = torch.nn.functional.pad(xx, (0, (-nx) % m, 0, (-ny) % m)).contiguous(memory_format=torch.channels_last)
             with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = model.net(xx)
-            probs = torch.softmax(logits.float(), dim=1)[:, :, :n, :n]
+            probs = torch.softmax(logits.float(), dim=1)[:, :, :ny, :nx]
             prob, cls = device_encode(probs, valid, meta.reef_channels, meta.class_values)
-            out.copy_(torch.stack([prob, cls], 1)[:, :, halo:halo + tile, halo:halo + tile], non_blocking=cuda)
+            out.copy_(torch.stack([prob, cls], 1)[:, :, oy:oy + tile, ox:ox + tile], non_blocking=cuda)
             if cuda:
                 torch.cuda.synchronize(dev)
 

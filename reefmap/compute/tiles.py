@@ -1,10 +1,11 @@
 """Halo'd tiled inference: the block kernel and the tile runner's steps.
 
 ``predict_block`` turns a raw halo'd block into the encoded layers of its core (normalise → screen →
-model → encode). ``run_tiles`` is the per-tile task of the tile runner: it reads its own halo'd window
-(``read_tiles``), predicts and trims (``predict_tiles``) and writes (``write_tiles``). The notebook face,
-``reefmap.compute.segment``, runs the same kernel with ``map_overlap``; with ``halo >= the model's receptive
-radius`` both give the same pixels whatever the tile size. torch is imported only when the model runs.
+model → encode; on a CUDA model the normalisation and encoding run on the device too, see ``uses_device_path``).
+``run_tiles`` is the per-tile task of the tile runner: it reads its own halo'd window (``read_tiles``), predicts
+and trims (``predict_tiles``) and writes (``write_tiles``). The notebook face, ``reefmap.compute.segment``, runs
+the same kernel with ``map_overlap``; with ``halo >= the model's receptive radius`` both give the same pixels
+whatever the tile size. torch is imported only when the model runs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from reefmap.classes import DEEP_WATER, LAND
 from reefmap.compute import kernels
 from reefmap.errors import BandMismatch
 from reefmap.geometry.grid import Window
-from reefmap.model.segmenter import load_model
+from reefmap.model.segmenter import StepClock, load_model
 from reefmap.redaction import redact_text
 from reefmap.sources.base import open_reader
 from reefmap.store.format import TileState
@@ -73,7 +74,7 @@ def predict_blocks(blocks, model, nodata, cores, screen: bool = True, device_pat
     results: list = [None] * len(blocks)
     todo: dict[tuple, list[int]] = {}
     prepared = {}
-    clock = _Clock(timings)
+    clock = StepClock(timings)
     for i, (block, core) in enumerate(zip(blocks, cores)):
         if block.shape[0] != len(meta.bands):
             raise BandMismatch(
@@ -117,19 +118,6 @@ def predict_blocks(blocks, model, nodata, cores, screen: bool = True, device_pat
                           TileState.DONE)
         clock.lap("encode")
     return results
-
-
-class _Clock:
-    """Adds the seconds since the last lap to ``timings[key]`` (key None: a lap timed elsewhere)."""
-
-    def __init__(self, timings: dict | None):
-        self.timings, self.t = timings, time.perf_counter()
-
-    def lap(self, key: str | None) -> None:
-        now = time.perf_counter()
-        if self.timings is not None and key is not None:
-            self.timings[key] = self.timings.get(key, 0.0) + now - self.t
-        self.t = now
 
 
 # --- the tile-runner face -------------------------------------------------------------------------------------
@@ -219,7 +207,7 @@ def write_tiles(job: TileJob, batch: TileBatch) -> list[TileOutcome]:
     store = job.store
     done = []
     steps: dict = {}
-    clock = _Clock(steps)
+    clock = StepClock(steps)
     for task, item in zip(batch.tasks, batch.items):
         if isinstance(item, _Failed):
             store.mark(task.index, TileState.FAILED, str(item))

@@ -102,7 +102,7 @@ class TorchSegmenter:
         ``timings`` (optional) gets the seconds of each step added: h2d, normalize, model, encode, d2h."""
         torch = self._torch
         cuda = self.device.type == "cuda"
-        clock = _Clock(timings, (lambda: torch.cuda.synchronize(self.device)) if cuda else None)
+        clock = StepClock(timings, (lambda: torch.cuda.synchronize(self.device)) if cuda else None)
         meta = self.meta
         with torch.inference_mode():
             host = torch.from_numpy(np.ascontiguousarray(blocks))
@@ -124,17 +124,18 @@ class TorchSegmenter:
         return [(h[0].numpy(), h[1].numpy()) for h in out]
 
 
-class _Clock:
-    """Adds the seconds since the last lap to ``timings[key]`` (synchronising the device first, when asked)."""
+class StepClock:
+    """Adds the seconds since the last lap to ``timings[key]`` (None: no timings kept; key None: a lap timed
+    elsewhere), calling ``sync`` first when given (a CUDA device: its queued work is part of the step)."""
 
     def __init__(self, timings: dict | None, sync=None):
         self.timings, self.sync, self.t = timings, sync, time.perf_counter()
 
-    def lap(self, key: str) -> None:
+    def lap(self, key: str | None) -> None:
         if self.sync is not None:
             self.sync()
         now = time.perf_counter()
-        if self.timings is not None:
+        if self.timings is not None and key is not None:
             self.timings[key] = self.timings.get(key, 0.0) + now - self.t
         self.t = now
 
