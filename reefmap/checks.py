@@ -30,4 +30,15 @@ def finite_number(name: str, v: Any, *, where: str = "") -> float:
     return float(v)
 
 
-__all__ = ["whole_number", "positive_int", "finite_number"]
+#: the model's numeric precisions: fp32 (default), or autocast of the forward pass to bfloat16 / float16
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def precision(v: Any, *, where: str = "") -> str:
+    """``v`` as one of ``PRECISIONS``."""
+    if v not in PRECISIONS:
+        raise InvalidParameter(f"{where}precision must be one of {', '.join(PRECISIONS)}, got {v!r}")
+    return v
+
+
+__all__ = ["whole_number", "positive_int", "finite_number", "precision", "PRECISIONS"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from reefmap.checks import finite_number, positive_int, whole_number
+from reefmap.checks import precision as check_precision
 from reefmap.errors import InvalidParameter
 from reefmap.geometry.grid import BBox, GeoBox, TileGrid
 from reefmap.geometry.webmercator import quad_lattice, web_mercator_quads
@@ -85,6 +86,8 @@ class RunConfig:
     screen: bool = True
     batch: int = 1
     bands: Any = None  #: mosaic bands for the model's: "red=3,green=2,blue=1", "B04,B03,B02", a list or a mapping
+    precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self):
         if not self.mosaic:
@@ -101,8 +104,10 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, (str, os.PathLike)):
                 raise InvalidParameter(f"{name} must be text (a path, URL or CRS name), got {v!r}")
-        if not isinstance(self.screen, bool):
-            raise InvalidParameter(f"screen must be true or false (a YAML boolean, unquoted), got {self.screen!r}")
+        for name in ("screen", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidParameter(f"{name} must be true or false (a YAML boolean, unquoted), got {getattr(self, name)!r}")
+        check_precision(self.precision)
         if self.bbox is not None and not isinstance(self.bbox, BBox):
             object.__setattr__(self, "bbox", BBox.parse_lonlat(self.bbox))
         for name in ("tile", "workers", "batch"):

@@ -27,6 +27,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    "(--bands red=3,green=2,blue=1) or mosaic bands in the model's order (--bands B04,B03,B02,B08); "
                    "names or 1-based numbers")
     p.add_argument("--no-screen", dest="screen", action="store_false", default=None, help="infer every tile (no empty-tile screen)")
+    p.add_argument("--batch", type=int, help="tiles per task: their same-shaped blocks go to the device together (default 1)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                   help="the model's precision: fp32 (default) or bf16/fp16 autocast; recorded in the map, never mixed")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="run the network through torch.compile (compiles once per tile shape; recorded in the map)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--allow-new-sources", action="store_true",
                    help="extend an existing map made from another input with this mosaic (else refused)")
@@ -38,8 +43,8 @@ def cmd_run(a) -> int:
     from reefmap.execute.runner import run_config
 
     over = {"mosaic": tuple(a.mosaic) if a.mosaic else None, "out": a.out, "model": a.model, "bbox": a.bbox,
-            "tile": a.tile, "halo": a.halo, "workers": a.workers, "crs": a.crs, "screen": a.screen,
-            "bands": a.bands}
+            "tile": a.tile, "halo": a.halo, "workers": a.workers, "crs": a.crs, "screen": a.screen, "batch": a.batch,
+            "bands": a.bands, "precision": a.precision, "compile": a.compile}
     if a.config:
         cfg = RunConfig.from_yaml(a.config, **over)
     else:

@@ -29,7 +29,7 @@ def _valid_at(block, r, c, nodata, has_nodata, lo, hi):
     return not (has_nodata and n_nodata == nb)
 
 
-def _nodata_args(nodata):
+def nodata_args(nodata):
     """``nodata`` as the kernels take it: ``(value, has_nodata)``; None and NaN mean "no nodata value"."""
     has = nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata))
     return (float(nodata) if has else 0.0), has
@@ -62,7 +62,7 @@ def normalize(block: np.ndarray, scaling, nodata=None, valid_range=(0.0, 255.0))
     scaling = np.ascontiguousarray(scaling, dtype=np.float64).reshape(nb, 4)
     out = np.empty(block.shape, np.float32)
     valid = np.empty(block.shape[1:], np.uint8)
-    _normalize(block, scaling, *_nodata_args(nodata), float(valid_range[0]), float(valid_range[1]), out, valid)
+    _normalize(block, scaling, *nodata_args(nodata), float(valid_range[0]), float(valid_range[1]), out, valid)
     return out, valid
 
 
@@ -92,7 +92,7 @@ def _screen_counts(block, nodata, has_nodata, lo, hi, boxes):
 def screen_counts(block: np.ndarray, boxes: np.ndarray, nodata=None, valid_range=(0.0, 255.0)) -> np.ndarray:
     """How many valid pixels of a raw ``(band, y, x)`` block fall in each class's colour box
     (``counts[k]``), and how many are valid at all (``counts[-1]``). Validity as in ``normalize``."""
-    return _screen_counts(block, *_nodata_args(nodata), float(valid_range[0]), float(valid_range[1]), np.ascontiguousarray(boxes, dtype=np.float64).reshape(-1, block.shape[0], 2))
+    return _screen_counts(block, *nodata_args(nodata), float(valid_range[0]), float(valid_range[1]), np.ascontiguousarray(boxes, dtype=np.float64).reshape(-1, block.shape[0], 2))
 
 
 @njit(parallel=True, cache=True)
@@ -138,7 +138,7 @@ def encode(probs: np.ndarray, valid: np.ndarray, reef_channels, codes):
 def all_nodata(block: np.ndarray, nodata) -> bool:
     """No pixel of ``block`` is valid because every value is ``nodata`` (or NaN): one vectorised pass, the
     common empty tile. (A block can also be all invalid by range; ``screen_counts`` finds those.)"""
-    value, has = _nodata_args(nodata)
+    value, has = nodata_args(nodata)
     if not has:
         return block.dtype.kind == "f" and bool(np.isnan(block).all())
     return not block.any() if value == 0 else bool((block == value).all())

@@ -1,10 +1,11 @@
 """Halo'd tiled inference: the block kernel and the tile runner's steps.
 
 ``predict_block`` turns a raw halo'd block into the encoded layers of its core (normalise → screen →
-model → encode). ``run_tiles`` is the per-tile task of the tile runner: it reads its own halo'd window
-(``read_tiles``), predicts and trims (``predict_tiles``) and writes (``write_tiles``). The notebook face,
-``reefmap.compute.segment``, runs the same kernel with ``map_overlap``; with ``halo >= the model's receptive
-radius`` both give the same pixels whatever the tile size. torch is imported only when the model runs.
+model → encode; on a CUDA model the normalisation and encoding run on the device too, see ``uses_device_path``).
+``run_tiles`` is the per-tile task of the tile runner: it reads its own halo'd window (``read_tiles``), predicts
+and trims (``predict_tiles``) and writes (``write_tiles``). The notebook face, ``reefmap.compute.segment``, runs
+the same kernel with ``map_overlap``; with ``halo >= the model's receptive radius`` both give the same pixels
+whatever the tile size. torch is imported only when the model runs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from reefmap.classes import class_key
 from reefmap.compute import kernels
 from reefmap.errors import BandMismatch
 from reefmap.geometry.grid import Window
-from reefmap.model.segmenter import load_model
+from reefmap.model.segmenter import StepClock, load_model
 from reefmap.redaction import redact_text
 from reefmap.sources.base import open_reader
 from reefmap.store.format import SCREEN_STATES, TileState
@@ -42,17 +43,35 @@ def screen_block(block: np.ndarray, meta, nodata) -> tuple[TileState, int] | Non
     return None
 
 
-def predict_block(block: np.ndarray, model, nodata, core: Window | None = None, screen: bool = True):
+def predict_block(block: np.ndarray, model, nodata, core: Window | None = None, screen: bool = True,
+                  device_path: bool | None = None):
     """Raw ``(band, y, x)`` block → ``(reef_probability u8, classification u8, TileState)`` of its ``core``."""
-    return predict_blocks([block], model, nodata, [core], screen)[0]
+    return predict_blocks([block], model, nodata, [core], screen, device_path)[0]
 
 
-def predict_blocks(blocks, model, nodata, cores, screen: bool = True):
-    """``predict_block`` over several blocks, batching the model's forward passes over same-shaped blocks."""
+def uses_device_path(model, device_path: bool | None = None) -> bool:
+    """Whether ``predict_blocks`` runs the device path (``model.predict_encoded``: raw values to the model's device,
+    two uint8 layers back) rather than the numba kernels around ``model.predict``: ``device_path`` when given (tests
+    run the device path on CPU tensors), else when the model runs on a CUDA device."""
+    if device_path is not None:
+        return bool(device_path)
+    device = getattr(model, "device", None)
+    return getattr(device, "type", None) == "cuda"
+
+
+def predict_blocks(blocks, model, nodata, cores, screen: bool = True, device_path: bool | None = None,
+                   timings: dict | None = None):
+    """``predict_block`` over several blocks, same-shaped blocks together (one copy and one per-pixel pass per
+    group on the device path; the network still sees one block at a time, see ``TorchSegmenter``).
+
+    ``device_path``: see ``uses_device_path``. ``timings`` (optional) gets the seconds of each step added (screen,
+    normalize, model, encode; h2d and d2h on the device path)."""
     meta = model.meta
+    on_device = uses_device_path(model, device_path)
     results: list = [None] * len(blocks)
     todo: dict[tuple, list[int]] = {}
     prepared = {}
+    clock = StepClock(timings)
     for i, (block, core) in enumerate(zip(blocks, cores)):
         if block.shape[0] != len(meta.bands):
             raise BandMismatch(
@@ -61,6 +80,7 @@ def predict_blocks(blocks, model, nodata, cores, screen: bool = True):
             )
         core = core or Window(0, block.shape[1], 0, block.shape[2])
         hit = screen_block(block, meta, nodata) if screen else None
+        clock.lap("screen")
         if hit is not None and hit[0] == TileState.SKIPPED_NODATA:
             results[i] = (*kernels.encode_nodata(core.shape), hit[0])
             continue
@@ -68,17 +88,32 @@ def predict_blocks(blocks, model, nodata, cores, screen: bool = True):
             _, valid = kernels.normalize(block[(slice(None), *core.slices)], meta.kernel_scaling(), nodata, meta.valid_range)
             results[i] = (*kernels.encode_constant(valid, hit[1]), hit[0])
             continue
-        x, valid = kernels.normalize(block, meta.kernel_scaling(), nodata, meta.valid_range)
-        prepared[i] = (x, valid, core)
-        todo.setdefault(x.shape, []).append(i)
+        if on_device:
+            prepared[i] = (block, None, core)
+        else:
+            x, valid = kernels.normalize(block, meta.kernel_scaling(), nodata, meta.valid_range)
+            prepared[i] = (x, valid, core)
+            clock.lap("normalize")
+        todo.setdefault(block.shape, []).append(i)
+    value, has_nodata = kernels.nodata_args(nodata)
     for shape, idxs in todo.items():
-        probs = model.predict(np.stack([prepared[i][0] for i in idxs]))
+        stack = np.stack([prepared[i][0] for i in idxs])
+        if on_device:
+            layers = model.predict_encoded(stack, value if has_nodata else None,
+                                           [prepared[i][2].slices for i in idxs], timings)
+            for i, (prob, cls) in zip(idxs, layers):
+                results[i] = (prob, cls, TileState.DONE)
+            clock.lap(None)
+            continue
+        probs = model.predict(stack)
+        clock.lap("model")
         for j, i in enumerate(idxs):
             _, valid, core = prepared[i]
             rs, cs = core.slices
             results[i] = (*kernels.encode(probs[j][:, rs, cs], np.ascontiguousarray(valid[rs, cs]),
                                           meta.reef_channels, meta.class_values),
                           TileState.DONE)
+        clock.lap("encode")
     return results
 
 
@@ -93,6 +128,9 @@ class TileJob:
     store: object  # MapStore (pickles as its URL)
     screen: bool = True
     device: str | None = None
+    precision: str = "fp32"  #: the model's precision (``reefmap.checks.PRECISIONS``)
+    compile: bool = False  #: the network through ``torch.compile``
+    device_path: bool | None = None  #: see ``uses_device_path`` (None: on a CUDA model)
 
 
 @dataclass(frozen=True)
@@ -102,6 +140,7 @@ class TileOutcome:
     pixels: int
     seconds: float
     error: str | None = None
+    #: seconds per step of the tile's group: read, screen, normalize, h2d, model, d2h, encode, predict_other, write, mark
     timings: dict = field(default_factory=dict)
 
 
@@ -142,36 +181,43 @@ def predict_tiles(job: TileJob, batch: TileBatch) -> TileBatch:
     t0 = time.perf_counter()
     ok = [i for i, it in enumerate(batch.items) if not isinstance(it, _Failed)]
     items = list(batch.items)
+    steps: dict = {}
     if ok:
-        model = load_model(job.bundle, device=job.device)
+        model = load_model(job.bundle, device=job.device, precision=job.precision, compile=job.compile)
         nodata = open_reader(job.reader_spec).nodata
         try:
-            results = predict_blocks([items[i] for i in ok], model, nodata, [batch.tasks[i].core for i in ok], job.screen)
+            results = predict_blocks([items[i] for i in ok], model, nodata, [batch.tasks[i].core for i in ok],
+                                     job.screen, job.device_path, steps)
         except BandMismatch:  # the run's configuration is wrong, not this tile
             raise
         except Exception as e:
             results = [_failure(e)] * len(ok)
         for i, r in zip(ok, results):
             items[i] = r
-    return TileBatch(batch.tasks, items, {**batch.timings, "predict": time.perf_counter() - t0})
+    steps["predict_other"] = time.perf_counter() - t0 - sum(steps.values())  # model loading, opening the reader
+    return TileBatch(batch.tasks, items, {**batch.timings, **steps})
 
 
 def write_tiles(job: TileJob, batch: TileBatch) -> list[TileOutcome]:
     """Step 3 (I/O): write each tile's layers and their proof, then its state (FAILED with the reason for a failed
     tile)."""
-    t0 = time.perf_counter()
     store = job.store
     done = []
+    steps: dict = {}
+    clock = StepClock(steps)
     for task, item in zip(batch.tasks, batch.items):
         if isinstance(item, _Failed):
             store.mark(task.index, TileState.FAILED, str(item))
+            clock.lap("mark")
             done.append((task, int(TileState.FAILED), 0, str(item)))
             continue
         prob, cls, state = item
         store.write_tile(task.write, prob, cls)  # every finished tile: its chunks (nodata ones too), then its proof
+        clock.lap("write")
         store.mark(task.index, state)
+        clock.lap("mark")
         done.append((task, int(state), task.write.shape.y * task.write.shape.x, None))
-    timings = {**batch.timings, "write": time.perf_counter() - t0}
+    timings = {**batch.timings, **steps}
     seconds = sum(timings.values())
     return [TileOutcome(tuple(task.index), state, px, seconds, err, timings) for task, state, px, err in done]
 

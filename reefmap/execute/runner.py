@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from reefmap.checks import positive_int
+from reefmap.checks import precision as check_precision
 from reefmap.compute.tiles import TileJob
 from reefmap.config import RunConfig
-from reefmap.errors import InvalidParameter, TileFailures
+from reefmap.errors import InvalidParameter, StoreMismatch, TileFailures
 from reefmap.execute.executors import INPROCESS, Distributed, InProcess, open_executor
 from reefmap.execute.loop import chain, store_writes, submit_bounded
 from reefmap.execute.progress import RunProgress
@@ -88,7 +89,7 @@ class RunSummary:
 def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: int = DEFAULT_TILE,
             halo: int | None = None, screen: bool = True, storage_options: dict | None = None,
             tile_mask: np.ndarray | None = None, allow_new_sources: bool = False,
-            bands=None) -> tuple[Plan, TileJob, MapStore]:
+            bands=None, precision: str = "fp32", compile: bool = False) -> tuple[Plan, TileJob, MapStore]:
     """Plan a run and open (or create) its store — no torch, and of the pixels only a few small windows.
 
     The model's input bands are picked from the mosaic by name, or as ``bands`` says (a list of mosaic bands in the
@@ -98,7 +99,9 @@ def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", ti
 
     An existing store must have been made with the same grid, model, parameters and input (its identity; paths
     without credentials plus a fingerprint of the input's metadata): another input is refused (``StoreMismatch``)
-    unless ``allow_new_sources``, which extends the map with it (recorded in its provenance)."""
+    unless ``allow_new_sources``, which extends the map with it (recorded in its provenance). ``precision`` and
+    ``compile`` (the model's numerics, see ``TorchSegmenter``) are part of the identity too: a resumed run cannot mix
+    precisions."""
     from reefmap.model.bundle import read_bundle
     from reefmap.sources.bands import check_values, model_input, sample_windows
     from reefmap.sources.base import public_spec, reader_of, source_identity
@@ -120,21 +123,45 @@ def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", ti
     windows = sample_windows(plan.tiles(), lambda t: plan.grid.window(tuple(t)))
     reader = model_input(reader, meta.bands, bands, windows, meta.name)
     check_values(reader, windows, meta.source_data_type, meta.valid_range, meta.name)
+    numerics = inference_identity(precision, compile)
     identity = {"model": meta.sha256, "halo": halo, "screen": bool(screen), "bands": list(meta.bands),
-                "sources": [source_identity(reader)]}
+                "sources": [source_identity(reader)], **numerics}
     provenance = {
         "model": meta.provenance(),
         SCHEME_KEY: meta.scheme.to_json(),
         "reefmap_version": code_version(),
         "sources": [public_spec(reader.spec())],  # never credentials: the store's attributes are public
-        "parameters": {"tile": int(tile), "halo": halo, "screen": bool(screen), "bbox": None if bbox is None else list(map(float, _bbox_list(bbox)))},
+        "parameters": {"tile": int(tile), "halo": halo, "screen": bool(screen), "bbox": None if bbox is None else list(map(float, _bbox_list(bbox))),
+                       "precision": precision, "compile": bool(compile)},
     }
     with store_writes(urls.normalize(out)):
         store = MapStore.create_or_open(out, plan.grid, identity, provenance, storage_options,
                                         allow_new_sources=allow_new_sources)
+        check_inference(store, numerics)
         store.record_plan(plan)
-    job = TileJob(reader_spec=reader.spec(), bundle=meta.path, store=store, screen=bool(screen))
+    job = TileJob(reader_spec=reader.spec(), bundle=meta.path, store=store, screen=bool(screen), precision=precision,
+                  compile=bool(compile))
     return plan, job, store
+
+
+def inference_identity(precision: str = "fp32", compile: bool = False) -> dict:
+    """The model's numerics as a store identity entry: ``{}`` for the default (fp32, not compiled), so that maps
+    made before these options existed resume as they are; else ``{"inference": {"precision", "compile"}}``."""
+    precision = check_precision(precision)
+    if precision == "fp32" and not compile:
+        return {}
+    return {"inference": {"precision": precision, "compile": bool(compile)}}
+
+
+def check_inference(store: MapStore, numerics: dict) -> None:
+    """Refuse a default-numerics run into a store made with other numerics (the store's identity check compares
+    only the keys a run has, and a default run has no ``inference`` entry)."""
+    have = store.attrs.get("identity", {}).get("inference")
+    if have is not None and not numerics:
+        raise StoreMismatch(
+            f"store {urls.redact(store.url)!r} was computed with precision {have['precision']!r}"
+            f"{' and torch.compile' if have['compile'] else ''}; refusing to mix it with fp32: re-run with "
+            f"--precision {have['precision']}{' --compile' if have['compile'] else ''}, or use a new --out")
 
 
 def fit_tile(tile: int, shape: Shape, size_multiple: int = 1) -> int:
@@ -225,7 +252,7 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
         screen: bool = True, client: Any = None, workers: int | None = None, batch: int = 1,
         max_in_flight: int | None = None, progress: bool = True, storage_options: dict | None = None,
         raise_on_failure: bool = True, allow_new_sources: bool = False,
-        verify: bool = False, bands=None) -> RunSummary:
+        verify: bool = False, bands=None, precision: str = "fp32", compile: bool = False) -> RunSummary:
     """Map ``mosaic`` with ``model`` into the Zarr store ``out``; resumable and idempotent.
 
     ``client`` (the same meaning as in ``run_batch``, see :func:`~reefmap.execute.executors.open_executor`):
@@ -238,7 +265,9 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     ``allow_new_sources``: extend an existing map made from another input with this one (else refused, see
     :func:`prepare`). Finished tiles are skipped after a cheap check that their chunks are there (existence and size;
     ``verify=True``: their checksums too, reading them): damaged ones are recomputed and listed in the summary's
-    ``damaged``.
+    ``damaged``. ``batch``: tiles per task (their same-shaped blocks go to the device together). ``precision``
+    (``"fp32"``, ``"bf16"``, ``"fp16"``) and ``compile`` (``torch.compile``): the model's numerics, recorded in the
+    map's provenance and identity (a map is never a mix of precisions). A tile's bytes do not depend on ``batch``.
 
     ``mosaic``: what ``open_mosaic`` returned, or a ``.sel``/``.isel`` of it (exactly that part is mapped, on its own
     grid). ``bands``: which mosaic bands feed the model, when their names are not the model's: a list in the model's
@@ -246,7 +275,8 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     :func:`prepare` for the checks made before anything is written.
     """
     plan, job, store = prepare(mosaic, model, out, bbox=bbox, bbox_crs=bbox_crs, tile=tile, halo=halo, screen=screen,
-                               storage_options=storage_options, allow_new_sources=allow_new_sources, bands=bands)
+                               storage_options=storage_options, allow_new_sources=allow_new_sources, bands=bands,
+                               precision=precision, compile=compile)
     options = RunOptions(batch=batch, max_in_flight=max_in_flight, progress=progress, verify=verify)
     states, damaged = states_for_run(store, full=verify)  # finished tiles checked: damaged ones count as pending
     if not plan.remaining(is_finished(states)).any():
@@ -267,4 +297,5 @@ def run_config(cfg: RunConfig, *, client: Any = None, progress: bool = True,
     mosaic = open_mosaic(list(cfg.mosaic) if len(cfg.mosaic) > 1 else cfg.mosaic[0], crs=cfg.crs)
     return run(mosaic, cfg.model, cfg.out, bbox=cfg.bbox, tile=cfg.tile, halo=cfg.halo, screen=cfg.screen,
                client=client, workers=cfg.workers, batch=cfg.batch, progress=progress,
-               raise_on_failure=raise_on_failure, allow_new_sources=allow_new_sources, verify=verify, bands=cfg.bands)
+               raise_on_failure=raise_on_failure, allow_new_sources=allow_new_sources, verify=verify, bands=cfg.bands,
+               precision=cfg.precision, compile=cfg.compile)
