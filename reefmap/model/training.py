@@ -34,6 +34,7 @@ import numpy as np
 
 from reefmap.errors import BBoxError, InvalidParameter, ModelError
 from reefmap.geometry.grid import GeoBox, Window
+from reefmap.metrics import confusion, confusion_scores
 from reefmap.model.training_config import TrainingConfig, load_config
 
 CHECKPOINT = "checkpoint.pt"
@@ -440,23 +441,12 @@ def loss_fn(logits, y, weights, dice: float, focal_gamma: float):
 
 
 def confusion_metrics(cm: np.ndarray, names: list[str], reef: list[bool]) -> dict:
-    """Per-class precision/recall/F1/IoU from a confusion matrix (rows true, columns predicted); a metric whose
-    denominator is 0 is None (undefined, not 0 or 1); reef F1 of the reef classes taken together."""
-    def ratio(a, b):
-        return None if b == 0 else float(a / b)
-
-    per = {}
-    for k, n in enumerate(names):
-        tp, fp, fn = cm[k, k], cm[:, k].sum() - cm[k, k], cm[k, :].sum() - cm[k, k]
-        per[n] = {"precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn),
-                  "iou": ratio(tp, tp + fp + fn), "support": int(cm[k, :].sum())}
-    r = np.array(reef)
-    tp = cm[np.ix_(r, r)].sum()
-    fp, fn = cm[np.ix_(~r, r)].sum(), cm[np.ix_(r, ~r)].sum()
-    ious = [v["iou"] for v in per.values() if v["iou"] is not None]
-    return {"reef_f1": ratio(2 * tp, 2 * tp + fp + fn), "reef_iou": ratio(tp, tp + fp + fn),
-            "accuracy": ratio(np.trace(cm), cm.sum()), "mean_iou": float(np.mean(ious)) if ious else None,
-            "per_class": per, "pixels": int(cm.sum())}
+    """Per-class precision/recall/F1/IoU of a confusion matrix (rows true, columns predicted) as
+    ``reefmap.metrics`` defines them (undefined → None, not 0 or 1), and the reef F1/IoU, accuracy and mean IoU
+    that training logs."""
+    s = confusion_scores(cm, names, reef)
+    return {"reef_f1": s["reef"]["f1"], "reef_iou": s["reef"]["iou"], "accuracy": s["accuracy"],
+            "mean_iou": s["mean_iou"], "per_class": s["per_class"], "pixels": s["pixels"]}
 
 
 # --- the training loop --------------------------------------------------------------------------------------------
@@ -654,7 +644,7 @@ def validate(model, batches: Batches, items, classes: int, device, batch: int) -
             pred = model(xb.to(device)).argmax(1).cpu().numpy()
             y = yb.numpy()
             v = y >= 0
-            cm += np.bincount(y[v] * classes + pred[v], minlength=classes * classes).reshape(classes, classes)
+            cm += confusion(y[v], pred[v], classes)
     return cm
 
 
