@@ -36,6 +36,7 @@ from reefmap.errors import BBoxError, InvalidParameter, TruthError
 from reefmap.geometry.areas import area_model
 from reefmap.geometry.crs import transform_bounds
 from reefmap.geometry.grid import BBox, GeoBox, Window
+from reefmap.geometry.vector import VECTOR_EXTS, class_features, rasterize, read_features, to_crs
 from reefmap.products.calval_metrics import Tally, metric_value
 from reefmap.products.mapview import MapInfo, inspect_map, open_map
 from reefmap.products.query import geometry_bbox, geometry_from, mask_block, parse_bbox, store_shapes
@@ -45,7 +46,6 @@ from reefmap.store.format import CLASS_NODATA
 MAX_REGION_PX = 200_000_000
 #: the metric the ranked table sorts by, unless another is asked for
 DEFAULT_RANK_BY = "reef.f1"
-VECTOR_EXTS = (".geojson", ".json", ".gpkg")
 #: a reef-only product (a vector reef layer) is scored on these two codes
 BINARY_CODES, BINARY_NAMES, BINARY_REEF = (0, 1), ("not_reef", "reef"), (1,)
 
@@ -94,84 +94,6 @@ def _regions_of_file(path: str) -> list[Region]:
     if not out:
         raise InvalidParameter(f"region file {path!r} has no features; give Polygon features with a 'name' property")
     return out
-
-
-# ------------------------------------------------------------------------------------------------------------
-# vector files
-# ------------------------------------------------------------------------------------------------------------
-def read_features(source, *, what: str = "truth") -> tuple[list[tuple[Any, dict]], str]:
-    """(shapely geometry, properties) of each feature of a GeoJSON or GeoPackage file, and their CRS;
-    ``TruthError`` when it cannot be read."""
-    import shapely
-
-    path = os.fspath(source)
-    if not os.path.exists(path):
-        raise TruthError(f"{what} file {path!r} does not exist; give a GeoJSON or GeoPackage file")
-    if path.lower().endswith(".gpkg"):
-        return read_gpkg(path, what)
-    from reefmap.geometry.vector import read_geojson
-
-    try:
-        with open(path, "rb") as f:
-            doc = json.loads(f.read())
-        _, crs = read_geojson(doc)
-        feats = doc["features"] if doc.get("type") == "FeatureCollection" else [doc]
-        out = [(shapely.geometry.shape(f["geometry"]), dict(f.get("properties") or {})) for f in feats
-               if isinstance(f, dict) and f.get("geometry")]
-    except Exception as e:  # json, shapely and reefmap GeometryError alike: the file cannot serve
-        raise TruthError(f"{what} file {path!r} cannot be read as GeoJSON ({type(e).__name__}: {e}); give a "
-                         "FeatureCollection of polygons with a class property") from None
-    return out, crs
-
-
-def read_gpkg(path: str, what: str) -> tuple[list[tuple[Any, dict]], str]:
-    """The features of a GeoPackage's first feature table (sqlite3 + the GeoPackage binary header + WKB)."""
-    import sqlite3
-
-    import shapely
-
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            table, column, srs = con.execute("SELECT table_name, column_name, srs_id FROM gpkg_geometry_columns").fetchone()
-            org, org_id = con.execute("SELECT organization, organization_coordsys_id FROM gpkg_spatial_ref_sys "
-                                      "WHERE srs_id = ?", (srs,)).fetchone()
-            cur = con.execute(f'SELECT * FROM "{table}"')
-            cols = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-        finally:
-            con.close()
-        out = []
-        for row in rows:
-            rec = dict(zip(cols, row))
-            blob = rec.pop(column)
-            if blob is None:
-                continue
-            env = (0, 32, 48, 48, 64)[(blob[3] >> 1) & 7]
-            out.append((shapely.from_wkb(bytes(blob[8 + env:])), rec))
-    except Exception as e:  # sqlite3, a malformed header or WKB: the file cannot serve
-        raise TruthError(f"{what} file {path!r} cannot be read as a GeoPackage ({type(e).__name__}: {e}); give a "
-                         "GeoPackage with one feature table, or GeoJSON") from None
-    return out, f"{org}:{org_id}" if str(org).upper() == "EPSG" else "EPSG:4326"
-
-
-def to_crs(geoms: list, src: str, dst: str) -> list:
-    import shapely
-    from pyproj import Transformer
-
-    if src == dst:
-        return list(geoms)
-    tr = Transformer.from_crs(src, dst, always_xy=True)
-    return [shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1]))) for g in geoms]
-
-
-def rasterize(shapes_values, gb: GeoBox, fill: int, dtype="int32") -> np.ndarray:
-    from rasterio import features
-
-    items = list(shapes_values)
-    if not items:
-        return np.full(tuple(gb.shape), fill, dtype)
-    return features.rasterize(items, out_shape=tuple(gb.shape), transform=gb.transform, fill=fill, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -300,22 +222,9 @@ class Truth:
         return np.where(valid, codes, 0).astype(np.uint8), valid, None
 
     def _read_vector(self, path: str, gb: GeoBox, scheme: ClassScheme):
-        feats, crs = read_features(path)
-        lookup = {n.lower(): c for n, c in zip(scheme.names, scheme.codes)} | {str(c): c for c in scheme.codes}
-        codes, bad = [], set()
-        for _, props in feats:
-            if self.attribute not in props:
-                raise TruthError(f"truth {path!r}: a feature has no attribute {self.attribute!r} (it has "
-                                 f"{sorted(props)}); name the class attribute with --truth-attribute")
-            v = props[self.attribute]
-            key = str(int(v)) if isinstance(v, (int, float)) and float(v).is_integer() else str(v).lower()
-            if key not in lookup:
-                bad.add(str(v))
-            codes.append(lookup.get(key))
-        if bad:
-            raise TruthError(f"truth {path!r}: class values {sorted(bad)} of attribute {self.attribute!r} are not in "
-                             f"the class scheme {dict(zip(scheme.names, scheme.codes))}; map them to these names or codes")
-        geoms = to_crs([g for g, _ in feats], crs, gb.crs)
+        geoms, codes, crs = class_features(path, self.attribute, scheme, what="truth",
+                                           hint="name the class attribute with --truth-attribute")
+        geoms = to_crs(geoms, crs, gb.crs)
         fill = 255 if self.background is None else self.background
         raster = rasterize(zip(geoms, codes), gb, fill, "uint8")
         reef = [(g, i + 1) for i, (g, c) in enumerate(zip(geoms, codes)) if c in scheme.reef_codes]
