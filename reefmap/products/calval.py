@@ -22,6 +22,7 @@ not the globe: at most ``MAX_REGION_PX`` pixels each).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -354,6 +355,17 @@ def score_region(region: Region, map_gb: GeoBox, map_url: str, truth: Truth, pro
     return record, tallies, {"geobox": gb, "truth": (t_codes, t_valid), "inside": inside, "products": preds}
 
 
+@dataclass(frozen=True)
+class Site:
+    """One validated grid: ``maps`` {name: store} (the first one's grid is validated), the ``truth`` there and
+    its ``regions`` (None: the first map's extent). A site's regions are reported as ``SITE/REGION``."""
+
+    name: str
+    maps: dict
+    truth: Truth
+    regions: tuple | None = None
+
+
 def calval(maps, truth, out_dir, *, regions=None, baselines=None, buffer_m: float = 1000.0,
            truth_attribute: str = "class", truth_nodata: int | None = None, truth_background: int | None = None,
            rank_by: str = DEFAULT_RANK_BY, pictures: bool = True) -> dict:
@@ -368,49 +380,66 @@ def calval(maps, truth, out_dir, *, regions=None, baselines=None, buffer_m: floa
     files or ``Region``s. ``baselines``: {name: path} (reefmap store, GeoTIFF of class codes, or a vector reef layer
     buffered by ``buffer_m`` metres). ``rank_by``: a metric path of the report (default ``reef.f1``).
     """
+    site = Site("", named(maps, "map"), Truth(truth, truth_attribute, truth_nodata, truth_background), regions)
+    return calval_sites([site], out_dir, baselines=baselines, buffer_m=buffer_m, rank_by=rank_by, pictures=pictures)
+
+
+def calval_sites(sites: list[Site], out_dir, *, baselines=None, buffer_m: float = 1000.0,
+                 rank_by: str = DEFAULT_RANK_BY, pictures: bool = True) -> dict:
+    """``calval`` over several validated grids (``Site``s, e.g. the scenes of a training set), each with its own
+    maps and truth: every region is reported on its own, and each product's regions are pooled ("all regions")
+    into the one ranked table. A product (map name) may be missing at a site (e.g. models validated on different
+    held-out regions): it is scored where it has a map; the baselines are scored at every site."""
     from reefmap.products.calval_report import write_report
 
     t0 = time.perf_counter()
-    models = named(maps, "map")
-    if not models:
-        raise InvalidParameter("give at least one map to validate")
-    products = [Product(n, s, "model") for n, s in models.items()]
-    products += [Product(n, s, "baseline", float(buffer_m)) for n, s in named(baselines or {}, "baseline").items()]
-    if len({p.name for p in products}) != len(products):
-        raise InvalidParameter(f"product names {[p.name for p in products]} repeat; name them NAME=PATH")
-    first = inspect_map(products[0].source)
-    map_gb, scheme = first.grid.geobox, scheme_of(first)
-    tr = Truth(truth, truth_attribute, truth_nodata, truth_background)
-    region_list = [r for spec in (regions or [Region("map extent")]) for r in parse_region(spec)]
-    if len({r.name for r in region_list}) != len(region_list):
-        raise InvalidParameter(f"region names {[r.name for r in region_list]} repeat; name each region once")
-    records, pooled, shown = [], {}, []
-    for region in region_list:
-        rec, tallies, arrays = score_region(region, map_gb, first.url, tr, products, scheme)
-        rec["products"] = {}
-        for p in products:
-            t = tallies[p.name]
-            names, reef = (BINARY_NAMES, BINARY_REEF) if p.is_vector else (scheme.names, scheme.reef_codes)
-            rec["products"][p.name] = t.metrics(names, reef)
-            if p.name in pooled:
-                pooled[p.name] += t
-            else:
-                pooled[p.name] = t
-        records.append(rec)
-        shown.append(arrays)
+    if not sites or not all(site.maps for site in sites):
+        raise InvalidParameter("give at least one map to validate (at every site)")
+    names = list(dict.fromkeys(n for site in sites for n in site.maps))
+    base = named(baselines or {}, "baseline")
+    if len(set(names) | set(base)) != len(names) + len(base):
+        raise InvalidParameter(f"product names {names + list(base)} repeat; name them NAME=PATH")
+    records, pooled, shown, grids, products = [], {}, [], [], {}
+    scheme = None
+    for site in sites:
+        site_products = [Product(n, s, "model") for n, s in site.maps.items()]
+        site_products += [Product(n, s, "baseline", float(buffer_m)) for n, s in base.items()]
+        first = inspect_map(site_products[0].source)
+        map_gb = first.grid.geobox
+        scheme = scheme or scheme_of(first)
+        products |= {p.name: p for p in site_products if p.name not in products}
+        grids.append({"site": site.name, "map": first.url, **map_gb.to_json(), "truth": site.truth.describe()})
+        region_list = [r for spec in (site.regions or [Region("map extent")]) for r in parse_region(spec)]
+        if len({r.name for r in region_list}) != len(region_list):
+            raise InvalidParameter(f"region names {[r.name for r in region_list]} repeat; name each region once")
+        for region in region_list:
+            if site.name:
+                region = dataclasses.replace(region, name=f"{site.name}/{region.name}")
+            rec, tallies, arrays = score_region(region, map_gb, first.url, site.truth, site_products, scheme)
+            rec["products"] = {}
+            for p in site_products:
+                t = tallies[p.name]
+                rec["products"][p.name] = t.metrics(*product_scheme(p, scheme))
+                if p.name in pooled:
+                    pooled[p.name] += t
+                else:
+                    pooled[p.name] = t
+            records.append(rec)
+            shown.append(arrays)
     evaluated = sum(r["shape"][0] * r["shape"][1] for r in records)
+    products = [products[n] for n in [*names, *base]]
     report = {
         "format": "reefmap-calval/1",
-        "validated_grid": {"map": first.url, **map_gb.to_json()},
+        "validated_grid": {k: v for k, v in grids[0].items() if k not in ("site", "truth")},
         "scheme": {"codes": list(scheme.codes), "names": list(scheme.names), "colors": list(scheme.colors),
                    "reef_codes": list(scheme.reef_codes)},
-        "truth": tr.describe(),
+        "truth": grids[0]["truth"],
+        **({"sites": grids} if len(sites) > 1 else {}),
         "products": [{"name": p.name, "kind": p.kind, "source": os.fspath(p.source) if isinstance(p.source, (str, os.PathLike)) else str(p.source),
                       "binary": p.is_vector, **({"buffer_m": p.buffer_m} if p.is_vector else {})} for p in products],
         "rank_by": rank_by,
         "regions": records,
-        "all_regions": {p.name: pooled[p.name].metrics(*((BINARY_NAMES, BINARY_REEF) if p.is_vector
-                                                         else (scheme.names, scheme.reef_codes))) for p in products},
+        "all_regions": {p.name: pooled[p.name].metrics(*product_scheme(p, scheme)) for p in products},
         "definitions": definitions(),
     }
     report["ranking"] = ranking(report, rank_by)
@@ -420,6 +449,11 @@ def calval(maps, truth, out_dir, *, regions=None, baselines=None, buffer_m: floa
     with open(os.path.join(os.fspath(out_dir), "report.json"), "w") as f:
         json.dump(report, f, indent=1, allow_nan=False)
     return report
+
+
+def product_scheme(p: Product, scheme: ClassScheme) -> tuple:
+    """The class names and reef codes a product is scored with (reef vs not reef for a vector reef layer)."""
+    return (BINARY_NAMES, BINARY_REEF) if p.is_vector else (scheme.names, scheme.reef_codes)
 
 
 def named(items, what: str) -> dict:
@@ -461,4 +495,4 @@ def definitions() -> dict:
                       "prediction (map nodata, outside a baseline's coverage); evaluated: scored pixels"}
 
 
-__all__ = ["Product", "Region", "Truth", "calval", "parse_region", "scheme_of"]
+__all__ = ["Product", "Region", "Site", "Truth", "calval", "calval_sites", "parse_region", "scheme_of"]
