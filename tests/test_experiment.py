@@ -11,8 +11,9 @@ import yaml
 from reefmap.errors import InvalidParameter
 
 SPEC = {"name": "t", "bands": ["red", "green", "blue"], "reef_classes": ["reef"],
-        "classes": [{"value": v, "name": n} for v, n in
-                    ((1, "deep_water"), (2, "shallow"), (3, "reef"), (4, "land"), (5, "cloud"))]}
+        "classes": [{"value": v, "name": n, "color": c} for v, n, c in
+                    ((1, "deep_water", "10286e"), (2, "shallow", "78c8d2"), (3, "reef", "ff503c"),
+                     (4, "land", "967846"), (5, "cloud", "ebebeb"))]}
 BASE = {"name": "tiny", "data": {"scenes": [{"synthetic": 9, "size": 256}]},
         "validation": {"blocks": {"size": 128, "fraction": 0.25}, "max_patches": 4},
         "sampling": {"patch": 32, "patches_per_epoch": 16, "batch": 8},
@@ -108,3 +109,21 @@ def test_config_typos_are_refused_with_the_known_keys(tmp_path, capsys):
         {"name": "small", "overrides": {"model.architecture.base": 4}}, {"name": "seed1", "overrides": {"optimisation.seed": 1}}]))
     assert [m.name for m in members.members] == ["small", "seed1"] and members.members[1].config.optimisation.seed == 1
     assert members.members[0].config.data.scenes[0].synthetic == 9 and members.members[0].config_hash != members.members[1].config_hash
+
+
+def test_calval_bundle_maps_the_held_out_regions_first(done, tmp_path, capsys):
+    from reefmap.cli.main import main
+
+    tmp, _, s, _ = done
+    member = s["members"]["base=8"]
+    assert main(["calval", "--bundle", member["bundle"], "--out", str(tmp_path / "rep"), "--tile", "128",
+                 "--no-pictures"]) == 0
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    (name,) = rep["all_regions"]
+    assert rep["all_regions"][name]["reef"]["f1"] == member["metrics"]["reef_f1"]  # the experiment's validation
+    assert rep["all_regions"][name]["calibration"]["ece"] == member["metrics"]["ece"]
+    assert (tmp_path / "rep" / "maps" / "map-1.zarr").is_dir() and "1. " in capsys.readouterr().out
+    assert main(["calval", "--bundle", member["bundle"], "--map", "x.zarr", "--out", str(tmp_path / "r2")]) == 2
+    assert main(["calval", "--out", str(tmp_path / "r3")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "give either --bundle" in err[0] and "or --bundle DIR" in err[1]

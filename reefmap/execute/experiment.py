@@ -257,6 +257,26 @@ def validation_sites(cfg: TrainingConfig, bundle, folder: Path, name: str, *, ti
     return sites
 
 
+def validate_bundle(bundle, out_dir, *, tile: int = 1024, rank_by: str = "reef.f1", pictures: bool = True) -> dict:
+    """``reefmap calval --bundle``: validate a bundle trained by reefmap on the held-out regions of its own training
+    data (the training config it records), mapping them first into ``out_dir/maps/`` (the experiment's member
+    validation); returns calval's report, written into ``out_dir``."""
+    from reefmap.model.bundle import read_bundle
+    from reefmap.model.training_config import load_config
+    from reefmap.products.calval import calval_sites
+
+    meta = read_bundle(bundle)
+    recorded = (meta.training or {}).get("config")
+    if not isinstance(recorded, dict):
+        raise InvalidParameter(f"bundle {str(meta.path)!r} records no training config (it was not trained by reefmap "
+                               "train): map it with reefmap run, then give calval --map STORE --truth PATH")
+    cfg = load_config(recorded)
+    maps = Path(out_dir) / "maps"
+    maps.mkdir(parents=True, exist_ok=True)
+    sites = validation_sites(cfg, meta.path, maps, meta.name, tile=tile)
+    return calval_sites(sites, out_dir, rank_by=rank_by, pictures=pictures)
+
+
 def run_member(member: Member, out: str, tile: int = 1024, rank_by: str = "reef.f1") -> dict:
     """Train, map and validate one member into ``out/members/NAME`` (resuming what is there); returns its record
     (also written to ``member.json``). Runs where it is called: in this process or on a dask worker."""
@@ -386,4 +406,5 @@ def fmt(v) -> str:
     return "undefined" if v is None else f"{v:.3f}"
 
 
-__all__ = ["ExperimentConfig", "Member", "experiment", "load_experiment", "run_member", "validation_sites"]
+__all__ = ["ExperimentConfig", "Member", "experiment", "load_experiment", "run_member", "validate_bundle",
+           "validation_sites"]
