@@ -155,7 +155,7 @@ def load_experiment(config) -> ExperimentConfig:
         members.append(Member(name, overrides, cfg))
     out = config.get("out")
     if out is not None and not Path(out).is_absolute() and "://" not in str(out):
-        out = str(where / out)
+        out = os.path.normpath(where / out)
     kw = {k: config[k] for k in ("rank_by", "tile", "pictures") if config.get(k) is not None}
     if not isinstance(kw.get("tile", 1), int) or kw.get("tile", 1) <= 0:
         raise InvalidParameter(f"experiment tile {kw['tile']!r} must be a whole number of pixels > 0")
@@ -174,7 +174,7 @@ def variations_of(config: dict) -> list[tuple[str, dict]]:
         keys = list(grid)
         short = [k.split(".")[-1] for k in keys]
         labels = short if len(set(short)) == len(short) else keys
-        return [(",".join(f"{lab}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for lab, v in zip(labels, combo)),
+        return [(",".join(f"{lab}={json.dumps(v, separators=(',', ':')) if isinstance(v, (list, dict)) else v}" for lab, v in zip(labels, combo)),
                  dict(zip(keys, combo))) for combo in itertools.product(*grid.values())]
     if not isinstance(listed, list) or not listed:
         raise InvalidParameter(f"experiment members must be a non-empty list of {{name, overrides}}, got {listed!r}")
