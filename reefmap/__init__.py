@@ -23,6 +23,7 @@ _LAZY = {
     "verify": "reefmap.store.integrity",
     "clear_caches": "reefmap.caching",
     "calval": "reefmap.products.calval",
+    "experiment": "reefmap.execute.experiment",
 }
 
 __all__ = ["__version__", *_LAZY]

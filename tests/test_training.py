@@ -260,3 +260,57 @@ def test_early_stopping_on_the_validation_metric_and_the_patch_multiple(tmp_path
     assert meta.training["validation"]["best_epoch"] == 1
     with pytest.raises(InvalidParameter, match="patch 34 px is not a multiple of 4, .* use 36"):
         train(config(sampling={"patch": 34}), tmp_path / "x")
+
+
+def write_label_polygons(tmp_path, truth, crs=None) -> Path:
+    """The truth of ``write_scene`` as class polygons (GeoJSON, property ``cls``: class names, codes for land),
+    in the image CRS (a legacy ``crs`` member) or reprojected to ``crs``; deep water (1) and nodata (0) are left
+    unlabelled."""
+    import shapely
+    from rasterio import features
+
+    from reefmap.geometry.vector import to_crs
+    from reefmap.synthetic.reader import synthetic_geobox
+
+    g = synthetic_geobox(truth.shape[0])
+    names = {2: "shallow", 3: "REEF", 4: 4, 5: "cloud"}
+    feats = [(shapely.geometry.shape(s), names[int(v)]) for s, v in
+             features.shapes(truth, mask=truth > 1, transform=g.transform)]
+    geoms = to_crs([f for f, _ in feats], g.crs, crs or g.crs)
+    doc = {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": shapely.geometry.mapping(s),
+                                                      "properties": {"cls": v}} for s, (_, v) in zip(geoms, feats)]}
+    if crs is None:
+        doc["crs"] = {"type": "name", "properties": {"name": g.crs}}
+    path = tmp_path / "labels.geojson"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_training_from_label_polygons_rasterised_onto_the_image_grid(tmp_path):
+    from reefmap.errors import TruthError
+    from reefmap.model.training import SceneData, train
+    from reefmap.model.training_config import load_config
+
+    truth = write_scene(tmp_path)
+    path = write_label_polygons(tmp_path, truth)
+    cfg = config(data={"scenes": [{"image": str(tmp_path / "image.tif"), "label": str(path), "label_attribute": "cls"}]},
+                 validation={"blocks": {"size": 64, "fraction": 0.25}}, optimisation={"epochs": 1, "threads": 1})
+    meta = train(cfg, tmp_path / "run", log=lambda *_: None)
+    assert meta.training["data"][0]["label_rasterised"] and meta.training["validation"]["patches"] > 0
+    assert meta.training["class_counts"]["deep_water"] == 0  # unlabelled: nodata, not a class
+    from reefmap.classes import ClassScheme
+    from reefmap.model.bundle import read_spec
+
+    scheme = ClassScheme.from_json(read_spec(SPEC))
+    sd = SceneData(load_config(cfg).data.scenes[0], 0, scheme)
+    got = sd.labels(Window(0, 128, 0, 128))
+    assert (got == np.where(truth <= 1, 255, truth)).all()  # exact in the image CRS
+    lonlat = write_label_polygons(tmp_path, truth, crs="EPSG:4326")
+    sd = SceneData(load_config({**cfg, "data": {"scenes": [{"image": str(tmp_path / "image.tif"), "label": str(lonlat),
+                                                             "label_attribute": "cls"}]}}).data.scenes[0], 0, scheme)
+    assert (sd.labels(Window(0, 128, 0, 128)) == np.where(truth <= 1, 255, truth)).mean() > 0.99
+    bad = json.loads(path.read_text())
+    bad["features"][0]["properties"]["cls"] = "seagrass"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(TruthError, match=r"label .*class values \['seagrass'\] of attribute 'cls' are not in the class"):
+        SceneData(load_config(cfg).data.scenes[0], 0, scheme)

@@ -1,5 +1,6 @@
 """``reefmap calval --map [NAME=]STORE ... --truth PATH|synthetic --out DIR``: validate maps against truth
-(``reefmap.calval``) and write a report directory.
+(``reefmap.calval``) and write a report directory; ``reefmap calval --bundle DIR --out DIR``: map a trained bundle
+over the held-out regions of its training data first, then validate it there (``validate_bundle``).
 
 Registered into the main parser by ``add_commands(subparsers)``. ``--truth synthetic`` takes the synthetic world's
 truth of the (first) map's input, as its provenance records it. A region whose west edge is negative may be written
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from reefmap.errors import TruthError
+from reefmap.errors import InvalidParameter, TruthError
 
 
 def synthetic_truth_of(store):
@@ -30,12 +31,22 @@ def synthetic_truth_of(store):
 def cmd_calval(a) -> int:
     from reefmap.products.calval import calval, named
 
-    truth = a.truth
-    if truth == "synthetic":
-        truth = synthetic_truth_of(next(iter(named(a.map, "map").values())))
-    r = calval(a.map, truth, a.out, regions=a.region, baselines=a.baseline, buffer_m=a.buffer_m,
-               truth_attribute=a.truth_attribute, truth_nodata=a.truth_nodata, truth_background=a.truth_background,
-               rank_by=a.rank_by, pictures=not a.no_pictures)
+    if a.bundle:
+        from reefmap.execute.experiment import validate_bundle
+
+        if a.map or a.truth or a.region or a.baseline:
+            raise InvalidParameter("--bundle validates on the held-out regions of the bundle's own training data "
+                                   "(its truth): give either --bundle, or --map with --truth (and --region)")
+        r = validate_bundle(a.bundle, a.out, tile=a.tile, rank_by=a.rank_by, pictures=not a.no_pictures)
+    elif not (a.map and a.truth):
+        raise InvalidParameter("give --map STORE ... with --truth PATH|synthetic, or --bundle DIR")
+    else:
+        truth = a.truth
+        if truth == "synthetic":
+            truth = synthetic_truth_of(next(iter(named(a.map, "map").values())))
+        r = calval(a.map, truth, a.out, regions=a.region, baselines=a.baseline, buffer_m=a.buffer_m,
+                   truth_attribute=a.truth_attribute, truth_nodata=a.truth_nodata,
+                   truth_background=a.truth_background, rank_by=a.rank_by, pictures=not a.no_pictures)
     if a.json:
         print(json.dumps({"out": a.out, "ranking": r["ranking"], "timing": r["timing"]}, indent=2))
     else:
@@ -50,9 +61,13 @@ def cmd_calval(a) -> int:
 
 def add_commands(subparsers) -> None:
     c = subparsers.add_parser("calval", help="validate maps (and baselines) against truth; write a report directory")
-    c.add_argument("--map", nargs="+", action="extend", required=True, metavar="[NAME=]STORE",
+    c.add_argument("--map", nargs="+", action="extend", metavar="[NAME=]STORE",
                    help="reefmap map(s) to validate; the first one's grid is the validated grid")
-    c.add_argument("--truth", required=True, metavar="PATH|synthetic",
+    c.add_argument("--bundle", metavar="DIR",
+                   help="instead of --map/--truth: a bundle trained by reefmap train, mapped over the held-out regions "
+                        "of its training data (into OUT/maps/) and validated there against that data's truth")
+    c.add_argument("--tile", type=int, default=1024, help="tile (px) of the --bundle validation maps (default 1024)")
+    c.add_argument("--truth", metavar="PATH|synthetic",
                    help="label raster (GeoTIFF/Zarr of class codes), class polygons (GeoJSON/GeoPackage), or "
                         "'synthetic' (the synthetic world the map was made from)")
     c.add_argument("--out", required=True, help="report directory (created)")

@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_status)
     from reefmap.cli import bundle_cmds as cli_bundle
     from reefmap.cli import calval_cmds as cli_calval
+    from reefmap.cli import experiment_cmds as cli_experiment
     from reefmap.cli import global_cmds as cli_global
     from reefmap.cli import query_cmds as cli_query
     from reefmap.cli import train_cmds as cli_train
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_verify.add_commands(sub)  # verify
     cli_calval.add_commands(sub)  # calval
     cli_train.add_commands(sub)  # train
+    cli_experiment.add_commands(sub)  # experiment
     return p
 
 

@@ -32,8 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from reefmap.classes import ClassScheme
 from reefmap.errors import BBoxError, InvalidParameter, ModelError
 from reefmap.geometry.grid import GeoBox, Window
+from reefmap.geometry.vector import VECTOR_EXTS, class_features, rasterize, to_crs
+from reefmap.metrics import confusion, confusion_scores
 from reefmap.model.training_config import TrainingConfig, load_config
 
 CHECKPOINT = "checkpoint.pt"
@@ -42,25 +45,32 @@ LOG_CSV = "train-log.csv"
 CURVES = "curves.png"
 BUNDLE_DIR = "bundle"
 STATS_PATCHES = 32  #: patches sampled to measure the band scaling and screen boxes
+VECTOR_LABEL_NODATA = 255  #: label code of pixels under no label polygon (unless the scene gives label_nodata)
 
 
 # --- data: scenes, labels on the image grid ---------------------------------------------------------------------
 
 class SceneData:
     """A scene's image reader and its labels on the image grid (reprojected nearest-neighbour per window when the
-    label raster is on another grid): ``read(window)`` → ``(image (band, y, x), codes (y, x), valid (y, x))``."""
+    label raster is on another grid; class polygons rasterised per window by pixel centre): ``read(window)`` →
+    ``(image (band, y, x), codes (y, x), valid (y, x))``. ``scheme`` reads class names in label polygons."""
 
-    def __init__(self, scene, index: int):
+    def __init__(self, scene, index: int, scheme: ClassScheme | None = None):
         from reefmap.sources import open_source
 
         self.scene, self.index = scene, index
+        self.label, self.polygons, self.same_grid = None, None, True
         if scene.synthetic is not None:
             from reefmap.synthetic.reader import SyntheticReader, synthetic_geobox
             from reefmap.synthetic.world import resolve_world
 
             self.image = SyntheticReader(synthetic_geobox(scene.size, scene.resolution, scene.crs),
                                          resolve_world(scene.synthetic, None))
-            self.label, self.label_nodata = None, 0
+            self.label_nodata = 0
+        elif scene.label.lower().endswith(VECTOR_EXTS):
+            self.image = open_source(scene.image)
+            self.label_nodata = VECTOR_LABEL_NODATA if scene.label_nodata is None else scene.label_nodata
+            self.polygons = LabelPolygons(scene, scheme, self.image.geobox)
         else:
             self.image = open_source(scene.image)
             self.label = open_source(scene.label)
@@ -87,6 +97,8 @@ class SceneData:
 
     def labels(self, win: Window) -> np.ndarray:
         """Class codes of ``win`` of the image grid (label nodata where there is no label)."""
+        if self.polygons is not None:
+            return self.polygons.rasterize(self.geobox.window(win), self.label_nodata)
         if self.label is None:
             return self.image.truth(win)
         if self.same_grid:
@@ -117,7 +129,7 @@ class SceneData:
         return out
 
     def read(self, win: Window, valid_range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self.label is None:
+        if self.scene.synthetic is not None:
             img, codes = self.image.read_with_truth(win)
         else:
             img, codes = self.image.read(win), self.labels(win)
@@ -132,7 +144,33 @@ class SceneData:
             return {"synthetic_world_seed": s.synthetic, "size": s.size, "grid": self.geobox.to_json(),
                     "note": "procedural world; NOT real reef labels"}
         return {"image": s.image, "label": s.label, "label_nodata": self.label_nodata, "grid": self.geobox.to_json(),
-                "label_reprojected": not self.same_grid}
+                "label_reprojected": not self.same_grid,
+                **({"label_rasterised": True, "label_attribute": s.label_attribute} if self.polygons else {})}
+
+
+class LabelPolygons:
+    """A scene's class polygons (GeoJSON/GeoPackage, see ``reefmap.geometry.vector.class_features``) in the image
+    CRS, rasterised onto any window of the image grid (pixel centres; a later polygon wins where they overlap)."""
+
+    def __init__(self, scene, scheme: ClassScheme | None, image_gb: GeoBox):
+        import shapely
+
+        if scheme is None:
+            raise InvalidParameter(f"label polygons {scene.label!r} need the class scheme to read class names")
+        geoms, self.codes, crs = class_features(scene.label, scene.label_attribute, scheme, what="label",
+                                                hint="name the class attribute with the scene's label_attribute")
+        self.geoms = to_crs(geoms, crs, image_gb.crs)
+        self.tree = shapely.STRtree(self.geoms)
+        if not len(self.tree.query(shapely.box(*image_gb.bounds))):
+            raise InvalidParameter(f"label polygons {scene.label!r} ({len(self.geoms)} features, {crs}) do not overlap "
+                                   f"image {scene.image!r} ({image_gb.crs}, bounds "
+                                   f"{tuple(round(v, 3) for v in image_gb.bounds)}): give the labels of the same area")
+
+    def rasterize(self, gb: GeoBox, nodata: int) -> np.ndarray:
+        import shapely
+
+        hits = np.sort(self.tree.query(shapely.box(*gb.bounds)))
+        return rasterize(((self.geoms[i], self.codes[i]) for i in hits), gb, nodata, "uint8")
 
 
 def image_valid(img: np.ndarray, nodata, valid_range) -> np.ndarray:
@@ -231,7 +269,8 @@ def prepare(cfg: TrainingConfig, log=print) -> Prepared:
 
     raw_spec = cfg.model.spec
     spec = read_spec(raw_spec)
-    scenes = [SceneData(s, i) for i, s in enumerate(cfg.data.scenes)]
+    scheme = ClassScheme.from_json(spec)
+    scenes = [SceneData(s, i, scheme) for i, s in enumerate(cfg.data.scenes)]
     for sd in scenes:
         if len(sd.image.band_names) != len(spec["bands"]):
             raise InvalidParameter(f"scene {sd.scene.describe()} has {len(sd.image.band_names)} bands "
@@ -374,7 +413,8 @@ class Batches:
     def __init__(self, cfg: TrainingConfig, prep: Prepared):
         from reefmap.model.bundle import BundleMeta
 
-        self.scenes = [SceneData(s, i) for i, s in enumerate(cfg.data.scenes)]
+        scheme = ClassScheme.from_json(prep.spec)
+        self.scenes = [SceneData(s, i, scheme) for i, s in enumerate(cfg.data.scenes)]
         self.spec = prep.spec
         self.values = np.array([c["value"] for c in prep.spec["classes"]])
         rows = BundleMeta(name="", bands=tuple(prep.spec["bands"]), scaling=tuple(prep.spec["scaling"]),
@@ -440,23 +480,12 @@ def loss_fn(logits, y, weights, dice: float, focal_gamma: float):
 
 
 def confusion_metrics(cm: np.ndarray, names: list[str], reef: list[bool]) -> dict:
-    """Per-class precision/recall/F1/IoU from a confusion matrix (rows true, columns predicted); a metric whose
-    denominator is 0 is None (undefined, not 0 or 1); reef F1 of the reef classes taken together."""
-    def ratio(a, b):
-        return None if b == 0 else float(a / b)
-
-    per = {}
-    for k, n in enumerate(names):
-        tp, fp, fn = cm[k, k], cm[:, k].sum() - cm[k, k], cm[k, :].sum() - cm[k, k]
-        per[n] = {"precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn),
-                  "iou": ratio(tp, tp + fp + fn), "support": int(cm[k, :].sum())}
-    r = np.array(reef)
-    tp = cm[np.ix_(r, r)].sum()
-    fp, fn = cm[np.ix_(~r, r)].sum(), cm[np.ix_(r, ~r)].sum()
-    ious = [v["iou"] for v in per.values() if v["iou"] is not None]
-    return {"reef_f1": ratio(2 * tp, 2 * tp + fp + fn), "reef_iou": ratio(tp, tp + fp + fn),
-            "accuracy": ratio(np.trace(cm), cm.sum()), "mean_iou": float(np.mean(ious)) if ious else None,
-            "per_class": per, "pixels": int(cm.sum())}
+    """Per-class precision/recall/F1/IoU of a confusion matrix (rows true, columns predicted) as
+    ``reefmap.metrics`` defines them (undefined → None, not 0 or 1), and the reef F1/IoU, accuracy and mean IoU
+    that training logs."""
+    s = confusion_scores(cm, names, reef)
+    return {"reef_f1": s["reef"]["f1"], "reef_iou": s["reef"]["iou"], "accuracy": s["accuracy"],
+            "mean_iou": s["mean_iou"], "per_class": s["per_class"], "pixels": s["pixels"]}
 
 
 # --- the training loop --------------------------------------------------------------------------------------------
@@ -654,7 +683,7 @@ def validate(model, batches: Batches, items, classes: int, device, batch: int) -
             pred = model(xb.to(device)).argmax(1).cpu().numpy()
             y = yb.numpy()
             v = y >= 0
-            cm += np.bincount(y[v] * classes + pred[v], minlength=classes * classes).reshape(classes, classes)
+            cm += confusion(y[v], pred[v], classes)
     return cm
 
 

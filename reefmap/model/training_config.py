@@ -28,11 +28,14 @@ DEVICES = ("auto", "cpu", "cuda")
 @dataclass(frozen=True)
 class Scene:
     """One training area: ``image`` (any source ``open_mosaic`` reads) with ``label`` (a one-band class-code
-    raster; ``label_nodata`` defaults to its own nodata), or ``synthetic`` (a world seed) of ``size`` px."""
+    raster, ``label_nodata`` defaulting to its own nodata; or a GeoJSON/GeoPackage of class polygons whose
+    ``label_attribute`` holds class codes or names, rasterised onto the image grid, pixels under no polygon
+    ``label_nodata``, default 255: unlabelled), or ``synthetic`` (a world seed) of ``size`` px."""
 
     image: str | None = None
     label: str | None = None
     label_nodata: int | None = None
+    label_attribute: str = "class"
     synthetic: int | None = None
     size: int = 1024
     resolution: float = 300.0

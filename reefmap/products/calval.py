@@ -22,6 +22,7 @@ not the globe: at most ``MAX_REGION_PX`` pixels each).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from reefmap.errors import BBoxError, InvalidParameter, TruthError
 from reefmap.geometry.areas import area_model
 from reefmap.geometry.crs import transform_bounds
 from reefmap.geometry.grid import BBox, GeoBox, Window
+from reefmap.geometry.vector import VECTOR_EXTS, class_features, rasterize, read_features, to_crs
 from reefmap.products.calval_metrics import Tally, metric_value
 from reefmap.products.mapview import MapInfo, inspect_map, open_map
 from reefmap.products.query import geometry_bbox, geometry_from, mask_block, parse_bbox, store_shapes
@@ -45,7 +47,6 @@ from reefmap.store.format import CLASS_NODATA
 MAX_REGION_PX = 200_000_000
 #: the metric the ranked table sorts by, unless another is asked for
 DEFAULT_RANK_BY = "reef.f1"
-VECTOR_EXTS = (".geojson", ".json", ".gpkg")
 #: a reef-only product (a vector reef layer) is scored on these two codes
 BINARY_CODES, BINARY_NAMES, BINARY_REEF = (0, 1), ("not_reef", "reef"), (1,)
 
@@ -94,84 +95,6 @@ def _regions_of_file(path: str) -> list[Region]:
     if not out:
         raise InvalidParameter(f"region file {path!r} has no features; give Polygon features with a 'name' property")
     return out
-
-
-# ------------------------------------------------------------------------------------------------------------
-# vector files
-# ------------------------------------------------------------------------------------------------------------
-def read_features(source, *, what: str = "truth") -> tuple[list[tuple[Any, dict]], str]:
-    """(shapely geometry, properties) of each feature of a GeoJSON or GeoPackage file, and their CRS;
-    ``TruthError`` when it cannot be read."""
-    import shapely
-
-    path = os.fspath(source)
-    if not os.path.exists(path):
-        raise TruthError(f"{what} file {path!r} does not exist; give a GeoJSON or GeoPackage file")
-    if path.lower().endswith(".gpkg"):
-        return read_gpkg(path, what)
-    from reefmap.geometry.vector import read_geojson
-
-    try:
-        with open(path, "rb") as f:
-            doc = json.loads(f.read())
-        _, crs = read_geojson(doc)
-        feats = doc["features"] if doc.get("type") == "FeatureCollection" else [doc]
-        out = [(shapely.geometry.shape(f["geometry"]), dict(f.get("properties") or {})) for f in feats
-               if isinstance(f, dict) and f.get("geometry")]
-    except Exception as e:  # json, shapely and reefmap GeometryError alike: the file cannot serve
-        raise TruthError(f"{what} file {path!r} cannot be read as GeoJSON ({type(e).__name__}: {e}); give a "
-                         "FeatureCollection of polygons with a class property") from None
-    return out, crs
-
-
-def read_gpkg(path: str, what: str) -> tuple[list[tuple[Any, dict]], str]:
-    """The features of a GeoPackage's first feature table (sqlite3 + the GeoPackage binary header + WKB)."""
-    import sqlite3
-
-    import shapely
-
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            table, column, srs = con.execute("SELECT table_name, column_name, srs_id FROM gpkg_geometry_columns").fetchone()
-            org, org_id = con.execute("SELECT organization, organization_coordsys_id FROM gpkg_spatial_ref_sys "
-                                      "WHERE srs_id = ?", (srs,)).fetchone()
-            cur = con.execute(f'SELECT * FROM "{table}"')
-            cols = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-        finally:
-            con.close()
-        out = []
-        for row in rows:
-            rec = dict(zip(cols, row))
-            blob = rec.pop(column)
-            if blob is None:
-                continue
-            env = (0, 32, 48, 48, 64)[(blob[3] >> 1) & 7]
-            out.append((shapely.from_wkb(bytes(blob[8 + env:])), rec))
-    except Exception as e:  # sqlite3, a malformed header or WKB: the file cannot serve
-        raise TruthError(f"{what} file {path!r} cannot be read as a GeoPackage ({type(e).__name__}: {e}); give a "
-                         "GeoPackage with one feature table, or GeoJSON") from None
-    return out, f"{org}:{org_id}" if str(org).upper() == "EPSG" else "EPSG:4326"
-
-
-def to_crs(geoms: list, src: str, dst: str) -> list:
-    import shapely
-    from pyproj import Transformer
-
-    if src == dst:
-        return list(geoms)
-    tr = Transformer.from_crs(src, dst, always_xy=True)
-    return [shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1]))) for g in geoms]
-
-
-def rasterize(shapes_values, gb: GeoBox, fill: int, dtype="int32") -> np.ndarray:
-    from rasterio import features
-
-    items = list(shapes_values)
-    if not items:
-        return np.full(tuple(gb.shape), fill, dtype)
-    return features.rasterize(items, out_shape=tuple(gb.shape), transform=gb.transform, fill=fill, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -300,22 +223,9 @@ class Truth:
         return np.where(valid, codes, 0).astype(np.uint8), valid, None
 
     def _read_vector(self, path: str, gb: GeoBox, scheme: ClassScheme):
-        feats, crs = read_features(path)
-        lookup = {n.lower(): c for n, c in zip(scheme.names, scheme.codes)} | {str(c): c for c in scheme.codes}
-        codes, bad = [], set()
-        for _, props in feats:
-            if self.attribute not in props:
-                raise TruthError(f"truth {path!r}: a feature has no attribute {self.attribute!r} (it has "
-                                 f"{sorted(props)}); name the class attribute with --truth-attribute")
-            v = props[self.attribute]
-            key = str(int(v)) if isinstance(v, (int, float)) and float(v).is_integer() else str(v).lower()
-            if key not in lookup:
-                bad.add(str(v))
-            codes.append(lookup.get(key))
-        if bad:
-            raise TruthError(f"truth {path!r}: class values {sorted(bad)} of attribute {self.attribute!r} are not in "
-                             f"the class scheme {dict(zip(scheme.names, scheme.codes))}; map them to these names or codes")
-        geoms = to_crs([g for g, _ in feats], crs, gb.crs)
+        geoms, codes, crs = class_features(path, self.attribute, scheme, what="truth",
+                                           hint="name the class attribute with --truth-attribute")
+        geoms = to_crs(geoms, crs, gb.crs)
         fill = 255 if self.background is None else self.background
         raster = rasterize(zip(geoms, codes), gb, fill, "uint8")
         reef = [(g, i + 1) for i, (g, c) in enumerate(zip(geoms, codes)) if c in scheme.reef_codes]
@@ -445,6 +355,17 @@ def score_region(region: Region, map_gb: GeoBox, map_url: str, truth: Truth, pro
     return record, tallies, {"geobox": gb, "truth": (t_codes, t_valid), "inside": inside, "products": preds}
 
 
+@dataclass(frozen=True)
+class Site:
+    """One validated grid: ``maps`` {name: store} (the first one's grid is validated), the ``truth`` there and
+    its ``regions`` (None: the first map's extent). A site's regions are reported as ``SITE/REGION``."""
+
+    name: str
+    maps: dict
+    truth: Truth
+    regions: tuple | None = None
+
+
 def calval(maps, truth, out_dir, *, regions=None, baselines=None, buffer_m: float = 1000.0,
            truth_attribute: str = "class", truth_nodata: int | None = None, truth_background: int | None = None,
            rank_by: str = DEFAULT_RANK_BY, pictures: bool = True) -> dict:
@@ -459,49 +380,66 @@ def calval(maps, truth, out_dir, *, regions=None, baselines=None, buffer_m: floa
     files or ``Region``s. ``baselines``: {name: path} (reefmap store, GeoTIFF of class codes, or a vector reef layer
     buffered by ``buffer_m`` metres). ``rank_by``: a metric path of the report (default ``reef.f1``).
     """
+    site = Site("", named(maps, "map"), Truth(truth, truth_attribute, truth_nodata, truth_background), regions)
+    return calval_sites([site], out_dir, baselines=baselines, buffer_m=buffer_m, rank_by=rank_by, pictures=pictures)
+
+
+def calval_sites(sites: list[Site], out_dir, *, baselines=None, buffer_m: float = 1000.0,
+                 rank_by: str = DEFAULT_RANK_BY, pictures: bool = True) -> dict:
+    """``calval`` over several validated grids (``Site``s, e.g. the scenes of a training set), each with its own
+    maps and truth: every region is reported on its own, and each product's regions are pooled ("all regions")
+    into the one ranked table. A product (map name) may be missing at a site (e.g. models validated on different
+    held-out regions): it is scored where it has a map; the baselines are scored at every site."""
     from reefmap.products.calval_report import write_report
 
     t0 = time.perf_counter()
-    models = named(maps, "map")
-    if not models:
-        raise InvalidParameter("give at least one map to validate")
-    products = [Product(n, s, "model") for n, s in models.items()]
-    products += [Product(n, s, "baseline", float(buffer_m)) for n, s in named(baselines or {}, "baseline").items()]
-    if len({p.name for p in products}) != len(products):
-        raise InvalidParameter(f"product names {[p.name for p in products]} repeat; name them NAME=PATH")
-    first = inspect_map(products[0].source)
-    map_gb, scheme = first.grid.geobox, scheme_of(first)
-    tr = Truth(truth, truth_attribute, truth_nodata, truth_background)
-    region_list = [r for spec in (regions or [Region("map extent")]) for r in parse_region(spec)]
-    if len({r.name for r in region_list}) != len(region_list):
-        raise InvalidParameter(f"region names {[r.name for r in region_list]} repeat; name each region once")
-    records, pooled, shown = [], {}, []
-    for region in region_list:
-        rec, tallies, arrays = score_region(region, map_gb, first.url, tr, products, scheme)
-        rec["products"] = {}
-        for p in products:
-            t = tallies[p.name]
-            names, reef = (BINARY_NAMES, BINARY_REEF) if p.is_vector else (scheme.names, scheme.reef_codes)
-            rec["products"][p.name] = t.metrics(names, reef)
-            if p.name in pooled:
-                pooled[p.name] += t
-            else:
-                pooled[p.name] = t
-        records.append(rec)
-        shown.append(arrays)
+    if not sites or not all(site.maps for site in sites):
+        raise InvalidParameter("give at least one map to validate (at every site)")
+    names = list(dict.fromkeys(n for site in sites for n in site.maps))
+    base = named(baselines or {}, "baseline")
+    if len(set(names) | set(base)) != len(names) + len(base):
+        raise InvalidParameter(f"product names {names + list(base)} repeat; name them NAME=PATH")
+    records, pooled, shown, grids, products = [], {}, [], [], {}
+    scheme = None
+    for site in sites:
+        site_products = [Product(n, s, "model") for n, s in site.maps.items()]
+        site_products += [Product(n, s, "baseline", float(buffer_m)) for n, s in base.items()]
+        first = inspect_map(site_products[0].source)
+        map_gb = first.grid.geobox
+        scheme = scheme or scheme_of(first)
+        products |= {p.name: p for p in site_products if p.name not in products}
+        grids.append({"site": site.name, "map": first.url, **map_gb.to_json(), "truth": site.truth.describe()})
+        region_list = [r for spec in (site.regions or [Region("map extent")]) for r in parse_region(spec)]
+        if len({r.name for r in region_list}) != len(region_list):
+            raise InvalidParameter(f"region names {[r.name for r in region_list]} repeat; name each region once")
+        for region in region_list:
+            if site.name:
+                region = dataclasses.replace(region, name=f"{site.name}/{region.name}")
+            rec, tallies, arrays = score_region(region, map_gb, first.url, site.truth, site_products, scheme)
+            rec["products"] = {}
+            for p in site_products:
+                t = tallies[p.name]
+                rec["products"][p.name] = t.metrics(*product_scheme(p, scheme))
+                if p.name in pooled:
+                    pooled[p.name] += t
+                else:
+                    pooled[p.name] = t
+            records.append(rec)
+            shown.append(arrays)
     evaluated = sum(r["shape"][0] * r["shape"][1] for r in records)
+    products = [products[n] for n in [*names, *base]]
     report = {
         "format": "reefmap-calval/1",
-        "validated_grid": {"map": first.url, **map_gb.to_json()},
+        "validated_grid": {k: v for k, v in grids[0].items() if k not in ("site", "truth")},
         "scheme": {"codes": list(scheme.codes), "names": list(scheme.names), "colors": list(scheme.colors),
                    "reef_codes": list(scheme.reef_codes)},
-        "truth": tr.describe(),
+        "truth": grids[0]["truth"],
+        **({"sites": grids} if len(sites) > 1 else {}),
         "products": [{"name": p.name, "kind": p.kind, "source": os.fspath(p.source) if isinstance(p.source, (str, os.PathLike)) else str(p.source),
                       "binary": p.is_vector, **({"buffer_m": p.buffer_m} if p.is_vector else {})} for p in products],
         "rank_by": rank_by,
         "regions": records,
-        "all_regions": {p.name: pooled[p.name].metrics(*((BINARY_NAMES, BINARY_REEF) if p.is_vector
-                                                         else (scheme.names, scheme.reef_codes))) for p in products},
+        "all_regions": {p.name: pooled[p.name].metrics(*product_scheme(p, scheme)) for p in products},
         "definitions": definitions(),
     }
     report["ranking"] = ranking(report, rank_by)
@@ -511,6 +449,11 @@ def calval(maps, truth, out_dir, *, regions=None, baselines=None, buffer_m: floa
     with open(os.path.join(os.fspath(out_dir), "report.json"), "w") as f:
         json.dump(report, f, indent=1, allow_nan=False)
     return report
+
+
+def product_scheme(p: Product, scheme: ClassScheme) -> tuple:
+    """The class names and reef codes a product is scored with (reef vs not reef for a vector reef layer)."""
+    return (BINARY_NAMES, BINARY_REEF) if p.is_vector else (scheme.names, scheme.reef_codes)
 
 
 def named(items, what: str) -> dict:
@@ -552,4 +495,4 @@ def definitions() -> dict:
                       "prediction (map nodata, outside a baseline's coverage); evaluated: scored pixels"}
 
 
-__all__ = ["Product", "Region", "Truth", "calval", "parse_region", "scheme_of"]
+__all__ = ["Product", "Region", "Site", "Truth", "calval", "calval_sites", "parse_region", "scheme_of"]

@@ -13,10 +13,11 @@ A ``Tally`` holds sums that add across regions (so a pooled "all regions" entry 
 
 Definitions (``None`` = undefined, never 0 or 1 in its place):
 
-- per class: precision = TP / predicted (None when nothing was predicted as the class); recall = TP / support
-  (None when the truth has no pixel of the class); F1 = 2 TP / (support + predicted) (= 2PR / (P + R) when both
-  are defined; 0 when the class is never predicted) and IoU = TP / (support + predicted − TP), both None when the
-  class has no support (an empty class is not scored, even if it was predicted: its precision is then 0);
+- per class (``reefmap.metrics``, shared with training's validation): precision = TP / predicted (None when
+  nothing was predicted as the class); recall = TP / support (None when the truth has no pixel of the class);
+  F1 = 2 TP / (support + predicted) (= 2PR / (P + R) when both are defined; 0 when the class is never predicted)
+  and IoU = TP / (support + predicted − TP), both None when the class has no support (an empty class is not
+  scored, even if it was predicted: its precision is then 0);
 - overall accuracy = trace / evaluated pixels; macro F1 = mean of the defined per-class F1;
 - reef: the same four for reef vs not reef, pixel counts and areas; the area-weighted F-score of the legacy
   project: for true reef object ``i``, recall ``R_i`` = mapped reef area inside it / its area; precision ``P_i`` =
@@ -35,11 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from reefmap.metrics import confusion, confusion_scores, ratio
+
 ECE_BINS = 15
-
-
-def ratio(num: float, den: float) -> float | None:
-    return float(num) / float(den) if den > 0 else None
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -109,7 +108,7 @@ class Tally:
         t, p = lut[truth[evaluated]], lut[pred[evaluated]]
         if (t < 0).any() or (p < 0).any():
             raise ValueError("codes outside the tally's codes reached the metrics (a bug: inputs are checked first)")
-        self.confusion += np.bincount(t * k + p, minlength=k * k).reshape(k, k)
+        self.confusion += confusion(t, p, k)
         area = np.broadcast_to(area, truth.shape)
         t_reef = np.isin(truth, reef_codes) & evaluated
         p_reef = np.isin(pred, reef_codes) & evaluated
@@ -162,21 +161,9 @@ class Tally:
     def metrics(self, names: tuple[str, ...], reef_codes) -> dict:
         """The JSON-ready metrics (see the module docstring); ``names`` name ``codes`` in order."""
         c = self.confusion
-        n = int(c.sum())
-        per_class = {}
-        for i, name in enumerate(names):
-            tp, sup, pred = int(c[i, i]), int(c[i].sum()), int(c[:, i].sum())
-            p, r = ratio(tp, pred), ratio(tp, sup)
-            per_class[name] = {"code": int(self.codes[i]), "precision": p, "recall": r,
-                               "f1": ratio(2 * tp, sup + pred) if sup else None,
-                               "iou": ratio(tp, sup + pred - tp) if sup else None, "support": sup, "predicted": pred}
-        f1s = [v["f1"] for v in per_class.values() if v["f1"] is not None]
-        reef_i = [i for i, code in enumerate(self.codes) if code in reef_codes]
-        tp = int(c[np.ix_(reef_i, reef_i)].sum())
-        sup, pred = int(c[reef_i].sum()), int(c[:, reef_i].sum())
-        rp, rr = ratio(tp, pred), ratio(tp, sup)
-        reef = {"precision": rp, "recall": rr, "f1": ratio(2 * tp, sup + pred) if sup else None,
-                "iou": ratio(tp, sup + pred - tp) if sup else None, "support": sup, "predicted": pred,
+        s = confusion_scores(c, names, [code in reef_codes for code in self.codes])
+        per_class = {name: {"code": int(code), **v} for (name, v), code in zip(s["per_class"].items(), self.codes)}
+        reef = {**s["reef"],
                 "area_true_km2": self.reef_true_m2 * 1e-6, "area_mapped_km2": self.reef_mapped_m2 * 1e-6,
                 "area_correct_km2": self.reef_correct_m2 * 1e-6,
                 "area_ratio": ratio(self.reef_mapped_m2, self.reef_true_m2),
@@ -184,8 +171,8 @@ class Tally:
                 "area_weighted_recall": ratio(self.obj_ar, self.obj_area),
                 "area_weighted_precision": ratio(self.obj_ap, self.obj_area_p), "reef_objects": self.objects}
         out = {"pixels": dict(self.pixels), "classes": list(names), "codes": [int(v) for v in self.codes],
-               "confusion": c.tolist(), "per_class": per_class, "overall_accuracy": ratio(np.trace(c), n),
-               "macro_f1": float(np.mean(f1s)) if f1s else None, "reef": reef, "calibration": None}
+               "confusion": c.tolist(), "per_class": per_class, "overall_accuracy": s["accuracy"],
+               "macro_f1": s["macro_f1"], "reef": reef, "calibration": None}
         if self.has_probability:
             nb = self.cal_n
             tot = nb.sum()

@@ -118,7 +118,7 @@ def regions_png(path: str, report: dict) -> None:
                                            ("reef.area_weighted_f", "area-weighted reef F-score"))):
         ax = fig.add_subplot(2, 1, row + 1)
         for k, name in enumerate(names):
-            vals = [metric_value(prods[name], metric) for _, prods in cols]
+            vals = [metric_value(prods.get(name, {}), metric) for _, prods in cols]  # n/a: not scored there
             xs = np.arange(len(cols)) + (k - (len(names) - 1) / 2) * width
             ax.bar(xs, [v if v is not None else 0 for v in vals], width, label=name)
             for x, v in zip(xs, vals):
@@ -188,9 +188,14 @@ def _decimated(gb, step: int, shape):
 def markdown(report: dict, pngs: dict) -> str:
     kinds = {p["name"]: p for p in report["products"]}
     metric = report["rank_by"]
+    if "sites" in report:
+        where = (f"Validated grids: {len(report['sites'])} sites ("
+                 + "; ".join(f"{g['site']}: `{g['map']}`, truth `{g['truth']['source']}`" for g in report["sites"]) + "). ")
+    else:
+        where = (f"Validated grid: the map `{report['validated_grid']['map']}` ({report['validated_grid']['crs']}). "
+                 f"Truth: `{report['truth']['source']}`. ")
     lines = ["# Calval report", "",
-             f"Validated grid: the map `{report['validated_grid']['map']}` ({report['validated_grid']['crs']}). "
-             f"Truth: `{report['truth']['source']}`. Classes: "
+             where + "Classes: "
              + ", ".join(f"{n} ({c})" for n, c in zip(report["scheme"]["names"], report["scheme"]["codes"]))
              + f"; reef = {report['scheme']['reef_codes']}.", "",
              f"## Ranking by `{metric}` (all regions pooled)", "",
