@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -24,7 +24,8 @@ from reefmap.execute.loop import chain, store_writes, submit_bounded
 from reefmap.execute.progress import RunProgress
 from reefmap.geometry.crs import is_geographic
 from reefmap.geometry.grid import BBox, Shape
-from reefmap.planning.plan import Plan, plan_tiles
+from reefmap.options import get_option
+from reefmap.planning.plan import Plan, cache_order, plan_tiles
 from reefmap.products.overviews import refresh_overviews
 from reefmap.sources import urls
 from reefmap.store.format import TileState, is_finished
@@ -184,10 +185,11 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
     finished = is_finished(states) if options.retry_failed else (states != TileState.PENDING)
     tiles = np.argwhere(plan.remaining(finished))
     progress = RunProgress(plan.count, plan.count - len(tiles), show="bar" if options.progress else None)
-    b = max(1, options.batch)
-    groups = (tiles[i:i + b] for i in range(0, len(tiles), b))
-    submit_bounded(groups, plan, job, executor, limit=executor.depth(options.max_in_flight), stop=stop,
-                   on_outcome=chain(progress.on_outcome, on_outcome))
+    parts = cache_order(tiles, band=cache_band(plan, job), parts=executor.parts)
+    part_of_row = {int(r): p for p, part in enumerate(parts) for r in np.unique(part[:, 0])}
+    submit_bounded(interleave(parts, max(1, options.batch)), plan, job, executor,
+                   limit=executor.depth(options.max_in_flight), stop=stop,
+                   on_outcome=chain(progress.on_outcome, on_outcome), part_of=lambda g: part_of_row[int(g[0][0])])
     progress.close()
     stopped = bool(stop is not None and stop.is_set() and progress.n < len(tiles))
     if not stopped:
@@ -198,6 +200,25 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
         seconds=time.perf_counter() - t0, megapixels=progress.pixels / 1e6, failures=dict(progress.failures),
         stopped=stopped, damaged=damaged,
     )
+
+
+def cache_band(plan: Plan, job: TileJob) -> int:
+    """The width (tiles) of the column bands that ``cache_order`` walks: about three tile rows of a band (the rows a
+    halo'd window touches) fit in a worker's source-chunk cache (the option ``chunk_cache_mb``); 0 (the whole
+    width) without a cache."""
+    from reefmap.sources.base import open_reader
+
+    budget = get_option("chunk_cache_mb") * 2**20
+    reader = open_reader(job.reader_spec)
+    tile_bytes = len(reader.band_names) * np.dtype(reader.dtype).itemsize * plan.grid.tile ** 2
+    return 0 if budget <= 0 else max(1, int(budget // (3 * tile_bytes)) - 2)
+
+
+def interleave(parts: list[np.ndarray], batch: int) -> Iterator[np.ndarray]:
+    """Groups of ``batch`` tiles taken from each of ``parts`` in turn (each part keeps its order)."""
+    chunks = [[part[i:i + batch] for i in range(0, len(part), batch)] for part in parts]
+    for i in range(max(map(len, chunks), default=0)):
+        yield from (c[i] for c in chunks if i < len(c))
 
 
 def refresh_store_overviews(store: MapStore) -> None:
