@@ -52,6 +52,7 @@ class RunSummary:
     failures: dict = field(default_factory=dict)
     stopped: bool = False
     damaged: dict = field(default_factory=dict)  #: tiles found damaged before the run (recomputed): {tile: problem}
+    executor: str = INPROCESS  #: where the tiles ran: "inprocess" (a thread of this process) or "cluster"
 
     @property
     def mpx_per_s(self) -> float:
@@ -79,7 +80,7 @@ class RunSummary:
     def __str__(self) -> str:
         text = (f"{self.store}: {self.planned} tiles planned, {self.already_finished} already finished; "
                 f"computed {self.computed}: done {self.done}, skipped {self.skipped}, failed {self.failed} "
-                f"in {self.seconds:.1f}s ({self.mpx_per_s:.2f} Mpx/s)")
+                f"in {self.seconds:.1f}s ({self.mpx_per_s:.2f} Mpx/s, {self.executor})")
         if self.damaged:
             listed = ", ".join(f"tile {k[0]},{k[1]}: {v}" for k, v in list(self.damaged.items())[:3])
             text += f"; {len(self.damaged)} damaged tile(s) recomputed ({listed}{' ...' if len(self.damaged) > 3 else ''})"
@@ -198,7 +199,7 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
         store=urls.redact(store.url), planned=plan.count, already_finished=plan.count - len(tiles), computed=progress.n,
         done=progress.counts["done"], skipped=progress.counts["skipped"], failed=progress.counts["failed"],
         seconds=time.perf_counter() - t0, megapixels=progress.pixels / 1e6, failures=dict(progress.failures),
-        stopped=stopped, damaged=damaged,
+        stopped=stopped, damaged=damaged, executor=INPROCESS if isinstance(executor, InProcess) else "cluster",
     )
 
 
@@ -248,7 +249,9 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     one per core), for this call; ``"inprocess"`` computes in a thread of this process (no dask); a profile name or
     file (``"slurm-gpu"``) is launched for this call with ``workers`` workers (SLURM jobs); a scheduler address is
     connected to; a ``distributed.Client`` is used as it is. A map with nothing left to compute launches no cluster
-    and writes nothing. Raises ``TileFailures`` (after finishing every other tile) when some tiles failed; each is
+    and writes nothing; with ``client=None`` and no ``workers``, a small job (fewer output megapixels to compute than
+    the option ``inprocess_below_mpx``, :func:`small_job`) computes in this process too: starting a cluster would
+    cost more than it saves. The summary's ``executor`` says which ran. Raises ``TileFailures`` (after finishing every other tile) when some tiles failed; each is
     recorded in the store with its reason; ``StoreNotWritable`` when the map cannot be written (read-only, disk full).
     ``allow_new_sources``: extend an existing map made from another input with this one (else refused, see
     :func:`prepare`). Finished tiles are skipped after a cheap check that their chunks are there (existence and size;
@@ -259,13 +262,28 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
                                storage_options=storage_options, allow_new_sources=allow_new_sources)
     options = RunOptions(batch=batch, max_in_flight=max_in_flight, progress=progress, verify=verify)
     states, damaged = states_for_run(store, full=verify)  # finished tiles checked: damaged ones count as pending
-    if not plan.remaining(is_finished(states)).any():
+    left = int(plan.remaining(is_finished(states)).sum())
+    if not left:
         client = INPROCESS  # nothing left to compute: no cluster to launch
+    elif client is None and workers is None and small_job(left * plan.grid.tile ** 2 / 1e6):
+        client = INPROCESS
     with open_executor(client, jobs=workers) as executor:
         summary = execute(plan, job, store, executor, options, states=states, damaged=damaged)
     if raise_on_failure:
         summary.raise_for_failures()
     return summary
+
+
+def small_job(megapixels: float) -> bool:
+    """Whether a run of ``client=None`` computes ``megapixels`` (at most) faster in this process than on a cluster
+    it would first start (seconds: worker processes, torch and the model loaded in each): fewer than the option
+    ``inprocess_below_mpx``. Logged when so."""
+    below = get_option("inprocess_below_mpx")
+    if megapixels >= below:
+        return False
+    log.info(f"a small job ({megapixels:.1f} output Mpx, below the option inprocess_below_mpx = {below:g}): computing in "
+             "this process, no cluster to start (pass client='local' or workers= for one)")
+    return True
 
 
 def run_config(cfg: RunConfig, *, client: Any = None, progress: bool = True,
