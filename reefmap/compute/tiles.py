@@ -164,16 +164,18 @@ def write_tiles(job: TileJob, batch: TileBatch) -> list[TileOutcome]:
     tile)."""
     t0 = time.perf_counter()
     store = job.store
-    done = []
+    done, writes, marks = [], [], []
     for task, item in zip(batch.tasks, batch.items):
         if isinstance(item, _Failed):
-            store.mark(task.index, TileState.FAILED, str(item))
+            marks.append((task.index, TileState.FAILED, str(item)))
             done.append((task, int(TileState.FAILED), 0, str(item)))
             continue
         prob, cls, state = item
-        store.write_tile(task.write, prob, cls)  # every finished tile: its chunks (nodata ones too), then its proof
-        store.mark(task.index, state)
+        writes.append((task.write, prob, cls))  # every finished tile: its chunks (nodata ones too), then its proof
+        marks.append((task.index, state, None))
         done.append((task, int(state), task.write.shape.y * task.write.shape.x, None))
+    store.write_tiles(writes)
+    store.mark_many(marks)  # the states of the task's tiles, all at once, after their data and proofs
     timings = {**batch.timings, "write": time.perf_counter() - t0}
     seconds = sum(timings.values())
     return [TileOutcome(tuple(task.index), state, px, seconds, err, timings) for task, state, px, err in done]
