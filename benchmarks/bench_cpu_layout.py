@@ -23,6 +23,7 @@ from timing import best_of
 
 def forget_chunks() -> None:
     """Empty this process's source-chunk cache (runs start cold; the model stays loaded)."""
+    import reefmap.sources.base  # noqa: F401 - registers the cache (a fresh worker may not have imported it yet)
     from reefmap.caching import caches
 
     caches()["source chunks"].clear()

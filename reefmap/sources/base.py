@@ -173,24 +173,30 @@ class ReadStats:
             self.decoded += nbytes if decoded else 0
             self.needed[key] = nbytes
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> tuple[int, dict[tuple, int]]:
         with self.lock:
-            return {"decoded_bytes": self.decoded, "needed_bytes": sum(self.needed.values())}
+            return self.decoded, dict(self.needed)
 
 
 _STATS = ReadStats()
 
 
+def local_read_stats() -> tuple[int, dict[tuple, int]]:
+    """This process's bytes decoded, and ``{block: bytes}`` of the blocks its windows needed (``read_stats``)."""
+    return _STATS.snapshot()
+
+
 def read_stats(client=None) -> dict:
     """Bytes of source blocks decoded and bytes of the distinct blocks needed by the windows read since
     ``reset_read_stats``, and their ratio ``read_amplification`` (1.0: each block decoded once; a 1088 px halo'd
-    window over 1024 px chunks decodes 9 chunks for one tile's worth of pixels): in this process, or summed over the
-    workers of ``client`` (a ``distributed.Client``) as well. ``read_amplification`` is None when nothing was read."""
-    parts = [_STATS.snapshot()] + (list(client.run(read_stats).values()) if client is not None else [])
-    decoded = sum(p["decoded_bytes"] for p in parts)
-    needed = sum(p["needed_bytes"] for p in parts)
-    return {"decoded_bytes": decoded, "needed_bytes": needed,
-            "read_amplification": round(decoded / needed, 3) if needed else None}
+    window over 1024 px chunks decodes 9 chunks for one tile's worth of pixels): in this process, or in this process
+    and the workers of ``client`` (a ``distributed.Client``) together (a block that two workers decode counts twice
+    in the bytes decoded, once in the bytes needed). ``read_amplification`` is None when nothing was read."""
+    parts = [local_read_stats()] + (list(client.run(local_read_stats).values()) if client is not None else [])
+    needed = {k: v for _, blocks in parts for k, v in blocks.items()}
+    decoded, total = sum(d for d, _ in parts), sum(needed.values())
+    return {"decoded_bytes": decoded, "needed_bytes": total,
+            "read_amplification": round(decoded / total, 3) if total else None}
 
 
 def reset_read_stats(client=None) -> None:
