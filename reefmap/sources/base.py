@@ -248,26 +248,27 @@ class ReaderBase:
             return out
         if _CHUNKS.maxsize != budget:
             _CHUNKS.resize(budget)
-        cy, cx = blocks
+        for key, bw in self._blocks(inside):
+            data = _CHUNKS.get(key)
+            _STATS.count(key, _nbytes(self, bw), data is None)
+            if data is None:
+                data = _CHUNKS.put(key, self._read_inside(bw), keep_first=True)
+            part = bw.intersect(inside)
+            out[(slice(None), *part.relative_to(window).slices)] = data[(slice(None), *part.relative_to(bw).slices)]
+        return out
+
+    def _blocks(self, inside: Window):
+        """``(cache key, block window)`` of each ``cache_block`` that the in-grid window ``inside`` touches."""
+        cy, cx = self.cache_block
         for by in range(inside.row_start // cy, (inside.row_stop - 1) // cy + 1):
             for bx in range(inside.col_start // cx, (inside.col_stop - 1) // cx + 1):
-                bw = block_window(self.geobox, cy, cx, by, bx)
-                key = (self.cache_key, by, bx)
-                data = _CHUNKS.get(key)
-                _STATS.count(key, _nbytes(self, bw), data is None)
-                if data is None:
-                    data = _CHUNKS.put(key, self._read_inside(bw), keep_first=True)
-                part = bw.intersect(inside)
-                out[(slice(None), *part.relative_to(window).slices)] = data[(slice(None), *part.relative_to(bw).slices)]
-        return out
+                yield (self.cache_key, by, bx), block_window(self.geobox, cy, cx, by, bx)
 
     def _count_direct(self, inside: Window) -> np.ndarray:
         """``_read_inside(inside)``, counting (with a ``cache_block``) the blocks it decodes."""
         if self.cache_block is not None:
-            cy, cx = self.cache_block
-            for by in range(inside.row_start // cy, (inside.row_stop - 1) // cy + 1):
-                for bx in range(inside.col_start // cx, (inside.col_stop - 1) // cx + 1):
-                    _STATS.count((self.cache_key, by, bx), _nbytes(self, block_window(self.geobox, cy, cx, by, bx)), True)
+            for key, bw in self._blocks(inside):
+                _STATS.count(key, _nbytes(self, bw), True)
         return self._read_inside(inside)
 
     @cached_property
