@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 from reefmap.caching import LRUCache
-from reefmap.errors import InvalidParameter
+from reefmap.errors import CorruptSource, InvalidParameter
 from reefmap.geometry.grid import GeoBox, Window
 from reefmap.options import get_option
 from reefmap.sources import urls
@@ -213,7 +213,8 @@ class ReaderBase:
     A reader with a ``cache_block`` (the ``(rows, cols)`` of its source's natural blocks: a Zarr store's chunks)
     reads a window block by block through the ``source chunks`` cache (``_CHUNKS``), so that the halo'd windows of
     neighbouring tiles decode each block once (``read_stats`` counts it); with the option ``chunk_cache_mb`` 0 it
-    reads windows directly."""
+    reads windows directly, and so it does when a block is damaged (``CorruptSource``): a window fails only where
+    its own pixels cannot be read, and the error names that window."""
 
     geobox: GeoBox
     band_names: tuple[str, ...]
@@ -243,18 +244,21 @@ class ReaderBase:
         out = np.full((len(self.band_names), *window.shape), self.fill_value(), dtype=self.dtype)
         if inside is None:
             return out
-        if not budget:
-            out[(slice(None), *inside.relative_to(window).slices)] = self._count_direct(inside)
-            return out
-        if _CHUNKS.maxsize != budget:
-            _CHUNKS.resize(budget)
-        for key, bw in self._blocks(inside):
-            data = _CHUNKS.get(key)
-            _STATS.count(key, _nbytes(self, bw), data is None)
-            if data is None:
-                data = _CHUNKS.put(key, self._read_inside(bw), keep_first=True)
-            part = bw.intersect(inside)
-            out[(slice(None), *part.relative_to(window).slices)] = data[(slice(None), *part.relative_to(bw).slices)]
+        if budget:
+            if _CHUNKS.maxsize != budget:
+                _CHUNKS.resize(budget)
+            try:
+                for key, bw in self._blocks(inside):
+                    data = _CHUNKS.get(key)
+                    _STATS.count(key, _nbytes(self, bw), data is None)
+                    if data is None:
+                        data = _CHUNKS.put(key, self._read_inside(bw), keep_first=True)
+                    part = bw.intersect(inside)
+                    out[(slice(None), *part.relative_to(window).slices)] = data[(slice(None), *part.relative_to(bw).slices)]
+                return out
+            except CorruptSource:  # a damaged block: read just the window, which fails only where it is damaged
+                pass
+        out[(slice(None), *inside.relative_to(window).slices)] = self._count_direct(inside)
         return out
 
     def _blocks(self, inside: Window):
