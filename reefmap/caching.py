@@ -10,7 +10,9 @@ notebooks after files changed in place). The caches (see ``caches()``):
   (cleared, such a mosaic must be opened again);
 - ``bundle metadata`` (model): bundle metadata by path + (mtime, size) of its files;
 - ``models`` (model): loaded torch segmenters by (content hash, device), one per worker in practice;
-- ``masks`` (planning): tile-selection masks by grid + local file path, size, mtime, buffer, CRS.
+- ``masks`` (planning): tile-selection masks by grid + local file path, size, mtime, buffer, CRS;
+- ``source chunks`` (sources): decoded blocks of mosaics by (source, block), bounded in bytes (option
+  ``chunk_cache_mb``), so that the halo'd windows of neighbouring tiles decode each source chunk once.
 
 Pure functions of immutable values use ``functools.lru_cache`` (CRS parsing, synthetic-world tables); values of
 immutable objects use ``functools.cached_property``. Nothing else is cached across calls.
@@ -28,13 +30,20 @@ _REGISTRY: dict[str, "LRUCache"] = {}
 
 
 class LRUCache(Generic[V]):
-    """A bounded, thread-safe least-recently-used cache, registered under ``name``."""
+    """A bounded, thread-safe least-recently-used cache, registered under ``name``.
 
-    def __init__(self, name: str, maxsize: int):
-        self.name, self.maxsize = name, maxsize
+    Bounded to ``maxsize`` entries, or, with ``weight`` (a value's size, e.g. its bytes), to a total weight of
+    ``maxsize`` (a value heavier than that on its own is returned but not kept)."""
+
+    def __init__(self, name: str, maxsize: int, *, weight: Callable[[V], int] | None = None):
+        self.name, self.maxsize, self.weight = name, maxsize, weight
         self._data: OrderedDict[Hashable, V] = OrderedDict()
+        self._total = 0
         self._lock = threading.Lock()
         _REGISTRY[name] = self
+
+    def _weigh(self, value: V) -> int:
+        return 1 if self.weight is None else int(self.weight(value))
 
     def get(self, key: Hashable) -> V | None:
         with self._lock:
@@ -49,10 +58,14 @@ class LRUCache(Generic[V]):
         with self._lock:
             if keep_first and key in self._data:
                 value = self._data[key]
+            if key in self._data:
+                self._total -= self._weigh(self._data.pop(key))
+            if self._weigh(value) > self.maxsize:
+                return value
             self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
+            self._total += self._weigh(value)
+            while self._total > self.maxsize:
+                self._total -= self._weigh(self._data.popitem(last=False)[1])
             return value
 
     def get_or_create(self, key: Hashable, make: Callable[[], V]) -> V:
@@ -62,11 +75,20 @@ class LRUCache(Generic[V]):
 
     def pop(self, key: Hashable) -> None:
         with self._lock:
-            self._data.pop(key, None)
+            if key in self._data:
+                self._total -= self._weigh(self._data.pop(key))
+
+    def resize(self, maxsize: int) -> None:
+        """A new bound (entries are dropped, least recently used first, until they fit)."""
+        with self._lock:
+            self.maxsize = maxsize
+            while self._total > self.maxsize:
+                self._total -= self._weigh(self._data.popitem(last=False)[1])
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._total = 0
 
     def __len__(self) -> int:
         return len(self._data)

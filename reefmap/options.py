@@ -6,6 +6,12 @@
   worker's thread count, else torch's default.
 - ``coastline`` (``$REEFMAP_COASTLINE``): the Natural Earth land GeoJSON drawn on progress maps. Unset: the
   simplified copy shipped in the package (``reefmap/viz/data``).
+- ``chunk_cache_mb`` (``$REEFMAP_CHUNK_CACHE_MB``): megabytes of decoded source chunks kept per process (the
+  ``source chunks`` cache), so that neighbouring tiles' halo'd windows decode each chunk once. 0: no cache.
+  Unset: 256.
+- ``inprocess_below_mpx`` (``$REEFMAP_INPROCESS_BELOW_MPX``): a run with ``client=None`` computes in this process
+  (no cluster to start) when its tiles to compute hold fewer output megapixels than this. 0: always the cluster.
+  Unset: 64.
 - ``profiles`` (``$REEFMAP_PROFILES``): folders (``os.pathsep``-separated) searched for cluster profiles before
   the built-in ones. Unset: none.
 
@@ -49,6 +55,18 @@ def _positive_int(name: str, v: Any) -> int | None:
     return positive_int(name, v)
 
 
+def _non_negative(name: str, v: Any) -> float:
+    """A size or count, 0 allowed."""
+    if isinstance(v, str):
+        try:
+            v = float(v.strip())
+        except ValueError:
+            raise InvalidParameter(f"{name} {v!r} is not a number; set it to a number >= 0 such as 256") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
+        raise InvalidParameter(f"{name} must be a finite number >= 0, got {v!r}")
+    return float(v)
+
+
 def _path_list(name: str, v: Any) -> tuple[str, ...]:
     """Folders: text separated by ``os.pathsep``, or a sequence of paths."""
     if isinstance(v, (str, os.PathLike)):
@@ -82,6 +100,11 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            "torch threads per inference call (default: the dask worker's threads, else torch's)", _positive_int),
     Option("coastline", "REEFMAP_COASTLINE", None,
            "Natural Earth land GeoJSON for progress maps (default: the simplified copy shipped in the package)", _text),
+    Option("chunk_cache_mb", "REEFMAP_CHUNK_CACHE_MB", 256.0,
+           "megabytes of decoded source chunks kept per process (0 = no chunk cache)", _non_negative),
+    Option("inprocess_below_mpx", "REEFMAP_INPROCESS_BELOW_MPX", 64.0,
+           "client=None computes in this process when the tiles to compute hold fewer output Mpx (0 = never)",
+           _non_negative),
     Option("profiles", "REEFMAP_PROFILES", (),
            f"folders ({os.pathsep!r}-separated) searched for cluster profiles before the built-in ones", _path_list),
 )}

@@ -32,6 +32,20 @@ def test_lru_drops_the_least_recently_used_and_keeps_the_first_of_a_race():
     assert len({id(g) for g in got}) == 1  # however many were built, every caller got the one cached
 
 
+def test_a_cache_bounded_in_bytes_keeps_what_fits():
+    c = LRUCache("test-lru-bytes", 100, weight=lambda a: a.nbytes)
+    a, b, big = np.zeros(60, np.uint8), np.zeros(30, np.uint8), np.zeros(101, np.uint8)
+    c.put("a", a), c.put("b", b)
+    assert len(c) == 2
+    c.put("c", np.zeros(20, np.uint8))  # 110 bytes: the least recently used (a) goes
+    assert c.get("a") is None and c.get("b") is b and len(c) == 2
+    assert c.put("big", big) is big and c.get("big") is None  # heavier than the whole budget: not kept
+    c.put("b", np.zeros(80, np.uint8))  # replacing a value counts its new size once
+    assert len(c) == 2 and c.get("c") is not None
+    c.resize(50)
+    assert c.get("b") is None and len(c) == 1
+
+
 def test_every_package_cache_is_registered_and_cleared_together():
     import reefmap.model.bundle  # noqa: F401
     import reefmap.model.segmenter  # noqa: F401

@@ -378,3 +378,34 @@ def test_global_blocks_stream_through_one_loop_without_draining():
     assert sorted(tuple(o.index) for o in outcomes) == sorted(map(tuple, plan.tiles().tolist()))
     assert blocks.rounds >= 256 // 20 and len(reads) == blocks.rounds + 1  # one read per block, one to see the end
     assert ex.in_flight[:-3] == [4] * (len(ex.in_flight) - 3)  # only the final drain runs below the limit
+
+
+def test_a_small_job_with_the_default_client_runs_in_process(memory_mosaic, random_bundle, tmp_path, monkeypatch, caplog):
+    """client=None starts no cluster for a job below the option inprocess_below_mpx (the summary says where it ran);
+    above it, or with workers= asked for, the default profile is launched."""
+    import logging
+
+    import reefmap.cluster.launcher as launcher
+    from reefmap.options import set_options
+
+    launched = []
+
+    class Launched(Exception):
+        pass
+
+    def fake_launch(profile, jobs=None):
+        launched.append((profile, jobs))
+        raise Launched
+
+    monkeypatch.setattr(launcher, "launch", fake_launch)
+    da, _ = memory_mosaic
+    with caplog.at_level(logging.INFO, logger="reefmap.execute"):
+        s = run(da, random_bundle.path, tmp_path / "m.zarr", tile=128, progress=False)
+    assert s.executor == "inprocess" and s.computed == 48 and launched == []
+    assert "small job" in caplog.text and "inprocess_below_mpx" in caplog.text
+    assert json.loads(json.dumps(s.to_json()))["executor"] == "inprocess" and "inprocess)" in str(s)
+    with set_options(inprocess_below_mpx=0.01), pytest.raises(Launched):
+        run(da, random_bundle.path, tmp_path / "big.zarr", tile=128, progress=False)
+    with pytest.raises(Launched):
+        run(da, random_bundle.path, tmp_path / "asked.zarr", tile=128, workers=2, progress=False)
+    assert launched == [("local", None), ("local", 2)]

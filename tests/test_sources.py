@@ -23,6 +23,7 @@ from rasterio.windows import Window as RioWindow
 import reefmap
 from reefmap.errors import CorruptSource, CRSMismatch, InvalidParameter, SourceError, SourceNotFound
 from reefmap.geometry.grid import GeoBox, Shape, Window
+from reefmap.options import set_options
 from reefmap.sources import open_mosaic, open_reader, open_source, reader_of
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -235,8 +236,12 @@ def test_graph_is_lazy_and_reads_only_needed_chunks(tmp_path, monkeypatch):
     seen = []
     orig = GeoTIFFMosaicReader._read_bands_inside
     monkeypatch.setattr(GeoTIFFMosaicReader, "_read_bands_inside", lambda self, w, b: seen.append(w) or orig(self, w, b))
-    sub.compute(scheduler="sync")
+    with set_options(chunk_cache_mb=0):  # no chunk cache: exactly the window
+        sub.compute(scheduler="sync")
     assert seen == [Window(0, 100, 0, 100)]
+    reefmap.clear_caches()
+    sub.compute(scheduler="sync")  # the chunk cache reads the aligned block holding it (here the whole file)
+    assert seen[1:] == [Window(0, 400, 0, 400)]
 
 
 def test_each_file_opened_once_per_thread_and_reused(tmp_path, monkeypatch):

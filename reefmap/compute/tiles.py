@@ -202,21 +202,22 @@ def write_tiles(job: TileJob, batch: TileBatch) -> list[TileOutcome]:
     """Step 3 (I/O): write each tile's layers and their proof, then its state (FAILED with the reason for a failed
     tile)."""
     store = job.store
-    done = []
-    steps: dict = {}
-    clock = StepClock(steps)
+    done, writes, marks = [], [], []
     for task, item in zip(batch.tasks, batch.items):
         if isinstance(item, _Failed):
-            store.mark(task.index, TileState.FAILED, str(item))
-            clock.lap("mark")
+            marks.append((task.index, TileState.FAILED, str(item)))
             done.append((task, int(TileState.FAILED), 0, str(item)))
             continue
         prob, cls, state = item
-        store.write_tile(task.write, prob, cls)  # every finished tile: its chunks (nodata ones too), then its proof
-        clock.lap("write")
-        store.mark(task.index, state)
-        clock.lap("mark")
+        writes.append((task.write, prob, cls))  # every finished tile: its chunks (nodata ones too), then its proof
+        marks.append((task.index, state, None))
         done.append((task, int(state), task.write.shape.y * task.write.shape.x, None))
+    steps: dict = {}
+    clock = StepClock(steps)
+    store.write_tiles(writes)
+    clock.lap("write")
+    store.mark_many(marks)  # the states of the task's tiles, all at once, after their data and proofs
+    clock.lap("mark")
     timings = {**batch.timings, **steps}
     seconds = sum(timings.values())
     return [TileOutcome(tuple(task.index), state, px, seconds, err, timings) for task, state, px, err in done]

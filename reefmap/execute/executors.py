@@ -1,7 +1,8 @@
 """Where tile groups run: one small class per backend, and the one meaning of ``client``.
 
-Each executor has the same three methods: ``depth(max_in_flight)`` (how many groups it takes at once),
-``submit(job, tasks, key)`` (a future of the group's ``TileOutcome`` list) and ``wait_one(futures)`` (the first
+Each executor has the same three methods and an attribute: ``depth(max_in_flight)`` (how many groups it takes at
+once), ``submit(job, tasks, key, part)`` (a future of the group's ``TileOutcome`` list; ``part``: the part of the
+plan, ``cache_order``, kept on one worker), ``parts`` (how many such parts: its workers) and ``wait_one(futures)`` (the first
 done). :func:`open_executor` turns a run's ``client`` argument into an executor for the length of the run.
 """
 
@@ -40,7 +41,10 @@ class InProcess:
     def depth(self, max_in_flight: int | None = None) -> int:
         return max_in_flight or 2  # one group computing, the next one queued
 
-    def submit(self, job, tasks, key: str):
+    #: parts of a plan to keep on one worker each (``cache_order``)
+    parts = 1
+
+    def submit(self, job, tasks, key: str, part: int | None = None):
         return self.pool.submit(run_tiles, job, tasks)
 
     def wait_one(self, futures):
@@ -60,16 +64,23 @@ class Distributed:
         workers = connected_workers(client)
         self.gpu = GpuPinning(client, workers)
         self.workers = max(1, len(workers))
+        self.addresses = sorted(workers)
+        self.parts = max(1, len(self.addresses))
 
     def depth(self, max_in_flight: int | None = None) -> int:
         # GPU workers take more groups at once: the next ones read while one predicts and others write
         return max_in_flight or max(4, (4 if self.gpu.pinned else 2) * self.workers)
 
-    def submit(self, job, tasks, key: str):
+    def submit(self, job, tasks, key: str, part: int | None = None):
+        """``part``: the part of the plan (``cache_order``) the tiles belong to; each part prefers one worker (its
+        source-chunk cache holds the neighbours' chunks), others take it when that one is gone or busy."""
         client, resources = self.client, self.gpu.resources()
+        where = {}
+        if part is not None and self.addresses:
+            where = dict(workers=[self.addresses[part % len(self.addresses)]], allow_other_workers=True)
         if resources is None:
-            return client.submit(run_tiles, job, tasks, key=key, pure=False)
-        read = client.submit(read_tiles, job, tasks, key=key + "-read", pure=False)
+            return client.submit(run_tiles, job, tasks, key=key, pure=False, **where)
+        read = client.submit(read_tiles, job, tasks, key=key + "-read", pure=False, **where)
         pred = client.submit(predict_tiles, job, read, key=key + "-predict", pure=False, resources=resources)
         return client.submit(write_tiles, job, pred, key=key, pure=False)
 

@@ -17,7 +17,8 @@ from reefmap.store.format import TileState
 
 
 def submit_bounded(groups: Iterable[np.ndarray], plan: Plan, job: TileJob, executor, *, limit: int,
-                   stop: threading.Event | None = None, on_outcome: Callable[[TileOutcome], None]) -> None:
+                   stop: threading.Event | None = None, on_outcome: Callable[[TileOutcome], None],
+                   part_of: Callable[[np.ndarray], int] | None = None) -> None:
     """Compute ``groups`` (``(n, 2)`` arrays of ``plan``'s tile indices, one task each) on ``executor``, never more
     than ``limit`` tasks at once, calling ``on_outcome`` with each tile's ``TileOutcome``.
 
@@ -27,6 +28,8 @@ def submit_bounded(groups: Iterable[np.ndarray], plan: Plan, job: TileJob, execu
     in flight finish. A task that is lost (worker killed, cancelled: any exception other than a tile's own failure,
     which the task records itself) fails its tiles only, each marked FAILED in the store with the reason. A
     ``ReefmapError`` (a configuration error: every tile would fail alike) cancels the tasks in flight and is raised.
+    ``part_of(group)``: the part of the plan (``cache_order``) a group belongs to: the executor keeps a part on one
+    worker, whose source-chunk cache then serves the halo'd windows of neighbouring tiles.
     """
     pending: dict = {}  # future -> its tile indices
     it = iter(groups)
@@ -38,7 +41,8 @@ def submit_bounded(groups: Iterable[np.ndarray], plan: Plan, job: TileJob, execu
             if g is None:
                 return
             key = f"reefmap-tile-{token}-{int(g[0][0])}-{int(g[0][1])}"
-            pending[executor.submit(job, [plan.task(t) for t in g], key)] = g
+            where = {} if part_of is None else {"part": part_of(g)}
+            pending[executor.submit(job, [plan.task(t) for t in g], key, **where)] = g
 
     top_up()
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -25,7 +25,8 @@ from reefmap.execute.loop import chain, store_writes, submit_bounded
 from reefmap.execute.progress import RunProgress
 from reefmap.geometry.crs import is_geographic
 from reefmap.geometry.grid import BBox, Shape
-from reefmap.planning.plan import Plan, plan_tiles
+from reefmap.options import get_option
+from reefmap.planning.plan import Plan, cache_order, plan_tiles
 from reefmap.products.overviews import refresh_overviews
 from reefmap.sources import urls
 from reefmap.store.format import SCHEME_KEY, TileState, is_finished
@@ -52,6 +53,7 @@ class RunSummary:
     failures: dict = field(default_factory=dict)
     stopped: bool = False
     damaged: dict = field(default_factory=dict)  #: tiles found damaged before the run (recomputed): {tile: problem}
+    executor: str = INPROCESS  #: where the tiles ran: "inprocess" (a thread of this process) or "cluster"
 
     @property
     def mpx_per_s(self) -> float:
@@ -79,7 +81,7 @@ class RunSummary:
     def __str__(self) -> str:
         text = (f"{self.store}: {self.planned} tiles planned, {self.already_finished} already finished; "
                 f"computed {self.computed}: done {self.done}, skipped {self.skipped}, failed {self.failed} "
-                f"in {self.seconds:.1f}s ({self.mpx_per_s:.2f} Mpx/s)")
+                f"in {self.seconds:.1f}s ({self.mpx_per_s:.2f} Mpx/s, {self.executor})")
         if self.damaged:
             listed = ", ".join(f"tile {k[0]},{k[1]}: {v}" for k, v in list(self.damaged.items())[:3])
             text += f"; {len(self.damaged)} damaged tile(s) recomputed ({listed}{' ...' if len(self.damaged) > 3 else ''})"
@@ -217,10 +219,11 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
     finished = is_finished(states) if options.retry_failed else (states != TileState.PENDING)
     tiles = np.argwhere(plan.remaining(finished))
     progress = RunProgress(plan.count, plan.count - len(tiles), show="bar" if options.progress else None)
-    b = max(1, options.batch)
-    groups = (tiles[i:i + b] for i in range(0, len(tiles), b))
-    submit_bounded(groups, plan, job, executor, limit=executor.depth(options.max_in_flight), stop=stop,
-                   on_outcome=chain(progress.on_outcome, on_outcome))
+    parts = cache_order(tiles, band=cache_band(plan, job), parts=executor.parts)
+    part_of_row = {int(r): p for p, part in enumerate(parts) for r in np.unique(part[:, 0])}
+    submit_bounded(interleave(parts, max(1, options.batch)), plan, job, executor,
+                   limit=executor.depth(options.max_in_flight), stop=stop,
+                   on_outcome=chain(progress.on_outcome, on_outcome), part_of=lambda g: part_of_row[int(g[0][0])])
     progress.close()
     stopped = bool(stop is not None and stop.is_set() and progress.n < len(tiles))
     if not stopped:
@@ -229,8 +232,27 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
         store=urls.redact(store.url), planned=plan.count, already_finished=plan.count - len(tiles), computed=progress.n,
         done=progress.counts["done"], skipped=progress.counts["skipped"], failed=progress.counts["failed"],
         seconds=time.perf_counter() - t0, megapixels=progress.pixels / 1e6, failures=dict(progress.failures),
-        stopped=stopped, damaged=damaged,
+        stopped=stopped, damaged=damaged, executor=INPROCESS if isinstance(executor, InProcess) else "cluster",
     )
+
+
+def cache_band(plan: Plan, job: TileJob) -> int:
+    """The width (tiles) of the column bands that ``cache_order`` walks: about three tile rows of a band (the rows a
+    halo'd window touches) fit in a worker's source-chunk cache (the option ``chunk_cache_mb``); 0 (the whole
+    width) without a cache."""
+    from reefmap.sources.base import open_reader
+
+    budget = get_option("chunk_cache_mb") * 2**20
+    reader = open_reader(job.reader_spec)
+    tile_bytes = len(reader.band_names) * np.dtype(reader.dtype).itemsize * plan.grid.tile ** 2
+    return 0 if budget <= 0 else max(1, int(budget // (3 * tile_bytes)) - 2)
+
+
+def interleave(parts: list[np.ndarray], batch: int) -> Iterator[np.ndarray]:
+    """Groups of ``batch`` tiles taken from each of ``parts`` in turn (each part keeps its order)."""
+    chunks = [[part[i:i + batch] for i in range(0, len(part), batch)] for part in parts]
+    for i in range(max(map(len, chunks), default=0)):
+        yield from (c[i] for c in chunks if i < len(c))
 
 
 def refresh_store_overviews(store: MapStore) -> None:
@@ -260,7 +282,9 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     one per core), for this call; ``"inprocess"`` computes in a thread of this process (no dask); a profile name or
     file (``"slurm-gpu"``) is launched for this call with ``workers`` workers (SLURM jobs); a scheduler address is
     connected to; a ``distributed.Client`` is used as it is. A map with nothing left to compute launches no cluster
-    and writes nothing. Raises ``TileFailures`` (after finishing every other tile) when some tiles failed; each is
+    and writes nothing; with ``client=None`` and no ``workers``, a small job (fewer output megapixels to compute than
+    the option ``inprocess_below_mpx``, :func:`small_job`) computes in this process too: starting a cluster would
+    cost more than it saves. The summary's ``executor`` says which ran. Raises ``TileFailures`` (after finishing every other tile) when some tiles failed; each is
     recorded in the store with its reason; ``StoreNotWritable`` when the map cannot be written (read-only, disk full).
     ``allow_new_sources``: extend an existing map made from another input with this one (else refused, see
     :func:`prepare`). Finished tiles are skipped after a cheap check that their chunks are there (existence and size;
@@ -279,13 +303,28 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
                                precision=precision, compile=compile)
     options = RunOptions(batch=batch, max_in_flight=max_in_flight, progress=progress, verify=verify)
     states, damaged = states_for_run(store, full=verify)  # finished tiles checked: damaged ones count as pending
-    if not plan.remaining(is_finished(states)).any():
+    left = int(plan.remaining(is_finished(states)).sum())
+    if not left:
         client = INPROCESS  # nothing left to compute: no cluster to launch
+    elif client is None and workers is None and small_job(left * plan.grid.tile ** 2 / 1e6):
+        client = INPROCESS
     with open_executor(client, jobs=workers) as executor:
         summary = execute(plan, job, store, executor, options, states=states, damaged=damaged)
     if raise_on_failure:
         summary.raise_for_failures()
     return summary
+
+
+def small_job(megapixels: float) -> bool:
+    """Whether a run of ``client=None`` computes ``megapixels`` (at most) faster in this process than on a cluster
+    it would first start (seconds: worker processes, torch and the model loaded in each): fewer than the option
+    ``inprocess_below_mpx``. Logged when so."""
+    below = get_option("inprocess_below_mpx")
+    if megapixels >= below:
+        return False
+    log.info(f"a small job ({megapixels:.1f} output Mpx, below the option inprocess_below_mpx = {below:g}): computing in "
+             "this process, no cluster to start (pass client='local' or workers= for one)")
+    return True
 
 
 def run_config(cfg: RunConfig, *, client: Any = None, progress: bool = True,

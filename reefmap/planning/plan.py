@@ -130,3 +130,25 @@ def plan_tiles(geobox: GeoBox, tile: int = 1024, halo: int = 32, *, bbox: BBox |
             raise InvalidParameter(f"tile mask of shape {mask.shape} does not match the tile grid {tuple(sel.shape)}")
         sel &= mask
     return Plan(grid, int(halo), sel)
+
+
+def cache_order(tiles: np.ndarray, *, band: int = 0, parts: int = 1) -> list[np.ndarray]:
+    """``tiles`` (``(n, 2)`` of ``(iy, ix)``) in ``parts`` lists (one per worker), ordered so that a per-worker
+    cache of source chunks decodes each chunk about once.
+
+    A tile's halo'd window also reads its neighbours' chunks. Each part is a strip of whole tile rows (about equal
+    tile counts; a worker's neighbours are its own tiles), walked in column bands of ``band`` tiles (0: the whole
+    width) and, within a band, row after row: the chunks of the row above are still cached when the next row reads
+    them if the cache holds about three rows of the band. Each chunk is then decoded once, except the rows at a
+    strip's edges and the columns at a band's edges (read by both sides)."""
+    tiles = np.asarray(tiles).reshape(-1, 2)
+    if not len(tiles):
+        return [tiles]
+    rows = np.unique(tiles[:, 0])
+    per_row = np.array([np.count_nonzero(tiles[:, 0] == r) for r in rows])
+    parts = max(1, min(int(parts), len(rows)))
+    strip_of_row = np.minimum((np.cumsum(per_row) - per_row) * parts // len(tiles), parts - 1)
+    strip = strip_of_row[np.searchsorted(rows, tiles[:, 0])]
+    col_band = tiles[:, 1] // band if band > 0 else np.zeros(len(tiles), int)
+    order = np.lexsort((tiles[:, 1], tiles[:, 0], col_band, strip))
+    return [tiles[order][strip[order] == p] for p in range(parts)]

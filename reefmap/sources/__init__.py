@@ -18,9 +18,11 @@ from reefmap.sources.base import (
     cache_reader,
     clear_reader_cache,
     open_reader,
+    read_stats,
     reader_of,
     reader_to_dataarray,
     register_reader,
+    reset_read_stats,
 )
 from reefmap.sources.memory import MemoryReader, is_dataarray, memory_reader
 
@@ -39,6 +41,8 @@ __all__ = [
     "reader_to_dataarray",
     "register_reader",
     "clear_reader_cache",
+    "read_stats",
+    "reset_read_stats",
 ]
 
 _LAZY = {

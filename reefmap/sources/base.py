@@ -13,15 +13,18 @@ Pixel validity convention: a pixel is nodata when *every* band equals ``nodata``
 from __future__ import annotations
 
 import json
+import threading
 import uuid
+from functools import cached_property
 from importlib import import_module
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
 from reefmap.caching import LRUCache
-from reefmap.errors import InvalidParameter
+from reefmap.errors import CorruptSource, InvalidParameter
 from reefmap.geometry.grid import GeoBox, Window
+from reefmap.options import get_option
 from reefmap.sources import urls
 
 
@@ -156,13 +159,73 @@ def clear_reader_cache() -> None:
     _READERS.clear()
 
 
+#: decoded source blocks by (reader spec key, block row, block column), bounded in bytes by the option
+#: ``chunk_cache_mb`` (read at each miss): the halo'd windows of neighbouring tiles decode each block once
+_CHUNKS: "LRUCache[np.ndarray]" = LRUCache("source chunks", 0, weight=lambda a: a.nbytes)
+
+
+class ReadStats:
+    """This process's source reads: bytes of the source blocks decoded (a block a window touches is decoded
+    whole: a Zarr chunk; a GeoTIFF mosaic's cache block) and bytes of the distinct blocks any window needed."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.decoded = 0
+        self.needed: dict[tuple, int] = {}
+
+    def count(self, key: tuple, nbytes: int, decoded: bool) -> None:
+        with self.lock:
+            self.decoded += nbytes if decoded else 0
+            self.needed[key] = nbytes
+
+    def snapshot(self) -> tuple[int, dict[tuple, int]]:
+        with self.lock:
+            return self.decoded, dict(self.needed)
+
+
+_STATS = ReadStats()
+
+
+def local_read_stats() -> tuple[int, dict[tuple, int]]:
+    """This process's bytes decoded, and ``{block: bytes}`` of the blocks its windows needed (``read_stats``)."""
+    return _STATS.snapshot()
+
+
+def read_stats(client=None) -> dict:
+    """Bytes of source blocks decoded and bytes of the distinct blocks needed by the windows read since
+    ``reset_read_stats``, and their ratio ``read_amplification`` (1.0: each block decoded once; a 1088 px halo'd
+    window over 1024 px chunks decodes 9 chunks for one tile's worth of pixels): in this process, or in this process
+    and the workers of ``client`` (a ``distributed.Client``) together (a block that two workers decode counts twice
+    in the bytes decoded, once in the bytes needed). ``read_amplification`` is None when nothing was read."""
+    parts = [local_read_stats()] + (list(client.run(local_read_stats).values()) if client is not None else [])
+    needed = {k: v for _, blocks in parts for k, v in blocks.items()}
+    decoded, total = sum(d for d, _ in parts), sum(needed.values())
+    return {"decoded_bytes": decoded, "needed_bytes": total,
+            "read_amplification": round(decoded / total, 3) if total else None}
+
+
+def reset_read_stats(client=None) -> None:
+    """Start counting ``read_stats`` afresh (in this process, and on ``client``'s workers)."""
+    global _STATS
+    _STATS = ReadStats()
+    if client is not None:
+        client.run(reset_read_stats)
+
+
 class ReaderBase:
-    """Shared plumbing for readers: pickling as a spec, edge padding, a repr."""
+    """Shared plumbing for readers: pickling as a spec, edge padding, a repr, and the source-chunk cache.
+
+    A reader with a ``cache_block`` (the ``(rows, cols)`` of its source's natural blocks: a Zarr store's chunks)
+    reads a window block by block through the ``source chunks`` cache (``_CHUNKS``), so that the halo'd windows of
+    neighbouring tiles decode each block once (``read_stats`` counts it); with the option ``chunk_cache_mb`` 0 it
+    reads windows directly, and so it does when a block is damaged (``CorruptSource``): a window fails only where
+    its own pixels cannot be read, and the error names that window."""
 
     geobox: GeoBox
     band_names: tuple[str, ...]
     dtype: np.dtype
     nodata: float | int | None
+    cache_block: tuple[int, int] | None = None
 
     def __reduce__(self):
         return (open_reader, (self.spec(),))
@@ -176,15 +239,33 @@ class ReaderBase:
         return np.array(self.nodata).astype(self.dtype)
 
     def read(self, window: Window, bands: tuple[int, ...] | None = None) -> np.ndarray:
-        """Pad-aware read: reads the in-grid part with ``_read_bands_inside`` and fills the rest with nodata."""
+        """Pad-aware read of the chosen ``bands`` (positions; all when None): reads the in-grid part with
+        ``_read_bands_inside`` (through the chunk cache when the reader has a ``cache_block``) and fills the rest
+        with nodata."""
         inside = window.intersect(Window(0, self.geobox.shape.y, 0, self.geobox.shape.x))
-        if inside == window:
-            return self._read_bands_inside(window, bands)
+        blocks = self.cache_block
+        budget = int(get_option("chunk_cache_mb") * 2**20) if blocks is not None and inside is not None else 0
+        if inside == window and not budget:
+            return self._count_direct(inside, bands)
         nb = len(self.band_names) if bands is None else len(bands)
         out = np.full((nb, *window.shape), self.fill_value(), dtype=self.dtype)
-        if inside is not None:
-            rel = inside.relative_to(window)
-            out[(slice(None), *rel.slices)] = self._read_bands_inside(inside, bands)
+        if inside is None:
+            return out
+        if budget:
+            if _CHUNKS.maxsize != budget:
+                _CHUNKS.resize(budget)
+            try:
+                for key, bw in self._blocks(inside, bands):
+                    data = _CHUNKS.get(key)
+                    _STATS.count(key, _nbytes(self, bw, nb), data is None)
+                    if data is None:
+                        data = _CHUNKS.put(key, self._read_bands_inside(bw, bands), keep_first=True)
+                    part = bw.intersect(inside)
+                    out[(slice(None), *part.relative_to(window).slices)] = data[(slice(None), *part.relative_to(bw).slices)]
+                return out
+            except CorruptSource:  # a damaged block: read just the window, which fails only where it is damaged
+                pass
+        out[(slice(None), *inside.relative_to(window).slices)] = self._count_direct(inside, bands)
         return out
 
     def _read_bands_inside(self, window: Window, bands: tuple[int, ...] | None) -> np.ndarray:
@@ -192,6 +273,27 @@ class ReaderBase:
         bands override this)."""
         data = self._read_inside(window)
         return data if bands is None else data[list(bands)]
+
+    def _blocks(self, inside: Window, bands: tuple[int, ...] | None):
+        """``(cache key, block window)`` of each ``cache_block`` that the in-grid window ``inside`` touches."""
+        cy, cx = self.cache_block
+        picked = None if bands is None else tuple(bands)
+        for by in range(inside.row_start // cy, (inside.row_stop - 1) // cy + 1):
+            for bx in range(inside.col_start // cx, (inside.col_stop - 1) // cx + 1):
+                yield (self.cache_key, picked, by, bx), block_window(self.geobox, cy, cx, by, bx)
+
+    def _count_direct(self, inside: Window, bands: tuple[int, ...] | None) -> np.ndarray:
+        """``_read_bands_inside(inside, bands)``, counting (with a ``cache_block``) the blocks it decodes."""
+        if self.cache_block is not None:
+            nb = len(self.band_names) if bands is None else len(bands)
+            for key, bw in self._blocks(inside, bands):
+                _STATS.count(key, _nbytes(self, bw, nb), True)
+        return self._read_bands_inside(inside, bands)
+
+    @cached_property
+    def cache_key(self) -> str:
+        """The source's identity in the chunk cache: its spec's canonical text."""
+        return spec_key(self.spec())
 
     def _read_inside(self, window: Window) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -204,6 +306,10 @@ def block_window(geobox: GeoBox, cy: int, cx: int, iy: int, ix: int) -> Window:
     every block."""
     h, w = geobox.shape.y, geobox.shape.x
     return Window(iy * cy, min((iy + 1) * cy, h), ix * cx, min((ix + 1) * cx, w))
+
+
+def _nbytes(reader: Reader, w: Window, bands: int) -> int:
+    return bands * w.shape.y * w.shape.x * np.dtype(reader.dtype).itemsize
 
 
 def _read_block(reader: Reader, cy: int, cx: int, block_id=None):

@@ -32,6 +32,9 @@ RES_RTOL = 1e-6
 #: window (chunking); this small value makes every window read the pixels the whole-grid warp gives. (0 is
 #: rejected by rasterio's WarpedVRT.)
 WARP_TOLERANCE_PX = 1e-6
+#: the mosaic-grid blocks (pixels) that windows are read in and cached by (the source-chunk cache, ``ReaderBase``):
+#: neighbouring tiles' halo'd windows then read each block once
+CACHE_BLOCK_PX = 1024
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class GeoTIFFMosaicReader(ReaderBase):
     """
 
     kind = "geotiff"
+    cache_block = (CACHE_BLOCK_PX, CACHE_BLOCK_PX)
 
     def __init__(self, paths: Sequence[Any] | Any, crs: Any = None, resolution: Any = None,
                  storage_options: dict | None = None, alpha_as_data: bool = False):

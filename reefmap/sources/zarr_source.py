@@ -29,7 +29,8 @@ class ZarrReader(ReaderBase):
     """Reads windows of the ``(band, y, x)`` variable of a Zarr store (local path, ``file://`` or fsspec URL).
 
     The store's metadata (and the first/last x and y coordinates) are read when the reader is made; the array
-    is opened once per reader and a window is just ``array[:, r0:r1, c0:c1]``.
+    is opened once per reader and a window is just ``array[:, r0:r1, c0:c1]``, read chunk by chunk through the
+    source-chunk cache (``ReaderBase``).
 
     CRS: from the variable's ``grid_mapping`` variable (default ``spatial_ref``): its ``crs_wkt`` or
     ``spatial_ref`` attribute. Transform: that variable's ``GeoTransform`` attribute when it agrees with the
@@ -46,6 +47,7 @@ class ZarrReader(ReaderBase):
         self.variable = _pick_variable(group, variable, self.url)
         arr = group[self.variable]
         self._array = arr
+        self.cache_block = (int(arr.chunks[1]), int(arr.chunks[2]))  # a window decodes whole chunks: cache them
         attrs = dict(arr.attrs)
         nb, ny, nx = (int(n) for n in arr.shape)
         self.dtype = np.dtype(arr.dtype)

@@ -26,10 +26,12 @@ tile (after a kill, or from a second concurrent run) rewrites identical bytes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +42,7 @@ from reefmap.classes import ClassScheme
 from reefmap.errors import NotAReefmapStore, StoreError, StoreMismatch
 from reefmap.geometry.grid import GeoBox, TileGrid, TileIndex, Window
 from reefmap.sources import urls
-from reefmap.store.format import (CLASS_NODATA, FILL_VALUES, PROOF_FIELDS, PROOF_PATH, PROB_NODATA, PROB_SCALE,
+from reefmap.store.format import (CLASS_NODATA, DATA_ZSTD_LEVEL, FILL_VALUES, PROOF_FIELDS, PROOF_PATH, PROB_NODATA, PROB_SCALE,
                                   STATE_CODES, STATUS_PATH, STORE_FORMAT, TILES_GROUP, UNFINISHED, DATA_VARS, TileState,
                                   classification_attrs, decode_meta, encode_meta, format_version, is_finished,
                                   scheme_of_meta)
@@ -339,11 +341,13 @@ class MapStore:
             except (ContainsArrayError, ContainsGroupError):
                 return None
 
+        from zarr.codecs import ZstdCodec
+
         write_grid_coords(g, grid.geobox, t)
         fills = FILL_VALUES[2]
         create_array(
             "reef_probability", shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=fills["reef_probability"],
-            dimension_names=["y", "x"],
+            dimension_names=["y", "x"], compressors=ZstdCodec(level=DATA_ZSTD_LEVEL),
             attributes={**common, "_FillValue": PROB_NODATA, "scale_factor": 1.0 / PROB_SCALE, "add_offset": 0.0,
                         "valid_range": [0, PROB_SCALE],
                         "long_name": "probability that the pixel is coral reef", "units": "1",
@@ -353,7 +357,7 @@ class MapStore:
         )
         create_array(
             "classification", shape=(ny, nx), chunks=(t, t), dtype="uint8", fill_value=fills["classification"],
-            dimension_names=["y", "x"],
+            dimension_names=["y", "x"], compressors=ZstdCodec(level=DATA_ZSTD_LEVEL),
             attributes={**common, **classification_attrs(scheme_of_meta(provenance)), "nodata": CLASS_NODATA,
                         "long_name": "benthic/surface class (argmax of the model's class probabilities)",
                         "comment": f"{UNFINISHED} = unfinished: the pixel's tile is not computed yet (pending or "
@@ -403,18 +407,107 @@ class MapStore:
             raise StoreError(f"map {self.url!r} was opened read-only; open it with MapStore(url) to write tiles")
 
     def write_tile(self, write: Window, prob: np.ndarray, cls: np.ndarray) -> None:
-        """Write one tile's layers (whole, aligned chunks: idempotent and race-free), then its proof: the size and
-        CRC32C of each chunk as stored, read back (a layer equal to the array's fill value is stored as no chunk:
-        size 0). Call ``mark`` after it: a tile's state is written only after its data and proof."""
+        """Write one tile's layers and then its proof (``write_tiles`` of one tile). Call ``mark`` after it: a
+        tile's state is written only after its data and proof."""
+        self.write_tiles([(write, prob, cls)])
+
+    def write_tiles(self, items) -> None:
+        """Write the layers of tiles ``items`` (``(write window, prob, cls)``; whole, aligned chunks: idempotent
+        and race-free), then their proofs: the size and CRC32C of each chunk as stored (a layer equal to the
+        array's fill value is stored as no chunk: size 0). Call ``mark_many`` after it: a tile's state is written
+        only after its data and proof.
+
+        Where the arrays are laid out as this store makes them (``raw_layout``), each chunk is encoded here with the
+        array's own codecs (bytes + zstd: the very bytes zarr writes) and its proof computed from those bytes;
+        every chunk of ``items`` goes to the store in one concurrent round, then every proof (local disk: files
+        written and renamed into place; ``gs://``: one round-trip for all, not one per chunk). Otherwise through
+        zarr, chunk by chunk, each proof read back."""
         self._writable()
-        rs, cs = write.slices
+        items = list(items)
         t = self.array("reef_probability").chunks[0]  # the data chunks are the tiles
-        tile = (write.row_start // t, write.col_start // t)
-        proof = [1]
-        for name, a in zip(DATA_VARS, (prob, cls)):
-            self.array(name)[rs, cs] = a
-            proof += chunk_proof(self.chunk_bytes(name, tile))
-        self.proof_array()[tile[0], tile[1], :] = np.array(proof, np.uint64)
+        tiles = [(w.row_start // t, w.col_start // t) for w, _, _ in items]
+        encoders = [self.chunk_encoder(name) for name in DATA_VARS]
+        proof_raw = raw_layout(self.proof_array(), (1, 1, len(PROOF_FIELDS)), np.uint64)
+        if any(e is None for e in encoders) or not proof_raw:
+            for (write, prob, cls), tile in zip(items, tiles):
+                proof = [1]
+                for name, a in zip(DATA_VARS, (prob, cls)):
+                    self.array(name)[write.slices] = a
+                    proof += chunk_proof(self.chunk_bytes(name, tile))
+                self.proof_array()[tile[0], tile[1], :] = np.array(proof, np.uint64)
+            return
+        puts, proofs = {}, {}
+        for (write, *layers), tile in zip(items, tiles):
+            proof = [1]
+            for name, enc, a in zip(DATA_VARS, encoders, layers):
+                b = enc(write, a)
+                puts[self._data_key(name, tile)] = b
+                proof += chunk_proof(b)
+            proofs[self._data_key(PROOF_PATH, tile)] = np.array(proof, "<u8").tobytes()
+        self.put_raw(puts)
+        self.put_raw(proofs)
+
+    def chunk_encoder(self, name: str):
+        """``encode(window, layer) -> bytes | None``: the stored bytes of the chunk of data layer ``name`` holding
+        ``window`` (None: the chunk equals the fill value, zarr stores none), with the array's own codecs; None
+        when the array is not laid out as this store makes it (``raw_layout``)."""
+        arr = self.array(name)
+        t = arr.chunks
+        codecs = arr.metadata.codecs
+        if not raw_layout(arr, t, np.uint8, compressed=True):
+            return None
+        from numcodecs import Zstd
+
+        zstd = Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
+        fill = np.uint8(arr.metadata.fill_value)
+
+        def encode(write: Window, a: np.ndarray) -> bytes | None:
+            if write.shape.y == t[0] and write.shape.x == t[1]:
+                chunk = np.ascontiguousarray(a, np.uint8)
+            else:  # an edge tile: zarr stores the whole chunk, padded with the fill value
+                chunk = np.full(t, fill, np.uint8)
+                chunk[:write.shape.y, :write.shape.x] = a
+            if not (chunk != fill).any():
+                return None
+            return bytes(zstd.encode(chunk))
+
+        return encode
+
+    def put_raw(self, blobs: dict[str, bytes | None]) -> None:
+        """Store ``{key: bytes}`` (None: delete the key) under the store's root, all at once: concurrent requests
+        (one round-trip remotely); each local file is written aside and renamed into place (never half-written)."""
+        if urls.is_local(self.url):  # as zarr's LocalStore does, without a hop to its event loop thread per call
+            for k, b in blobs.items():
+                path = os.path.join(self.url, *k.split("/"))
+                if b is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
+                    continue
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                part = f"{path}.{uuid.uuid4().hex}.partial"
+                try:
+                    with open(part, "wb") as f:
+                        f.write(b)
+                    os.replace(part, path)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.remove(part)
+                    raise
+            return
+        import asyncio
+
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        store = self.group.store_path.store
+        proto = default_buffer_prototype()
+
+        async def put_all():
+            await asyncio.gather(*(store.set(k, proto.buffer.from_bytes(b)) if b is not None else store.delete(k)
+                                   for k, b in blobs.items()))
+
+        if blobs:
+            sync(put_all())
 
     def proof_array(self):
         """``tiles/proof``, created on the first write into a format-1 store (which has none)."""
@@ -427,16 +520,28 @@ class MapStore:
 
     def mark(self, idx: TileIndex, state: TileState, error: str | None = None) -> None:
         """Record a tile's state — call only after its pixels are written (``write_tile``)."""
+        self.mark_many([(idx, state, error)])
+
+    def mark_many(self, marks) -> None:
+        """Record the states of tiles ``marks`` (``(index, state, error or None)``), all at once (one concurrent
+        round of 1-byte state chunks where the state array is laid out as this store makes it) — call only after
+        their pixels are written (``write_tiles``). A FAILED tile's reason is recorded first."""
         self._writable()
-        iy, ix = int(idx[0]), int(idx[1])
-        errs = self.array("tile_errors")
-        key = f"t{iy}_{ix}"
-        if state == TileState.FAILED:
-            _put_group(errs, key, {"tile": [iy, ix], "error": str(error)[:4000],
-                                   "time": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+        marks = [((int(i[0]), int(i[1])), TileState(s), e) for i, s, e in marks]
+        errs = None
+        for (iy, ix), state, error in marks:
+            if state == TileState.FAILED:
+                errs = errs if errs is not None else self.array("tile_errors")
+                _put_group(errs, f"t{iy}_{ix}", {"tile": [iy, ix], "error": str(error)[:4000],
+                                                 "time": _dt.datetime.now(_dt.timezone.utc).isoformat()})
         # a later success leaves the record: it is read only while the tile's state is FAILED (``errors()``), and
         # deleting it could remove the files of another run recording the same tile's failure at that moment
-        self.array(self.status_path)[iy, ix] = int(state)
+        arr = self.array(self.status_path)
+        if raw_layout(arr, (1, 1), np.uint8):
+            self.put_raw({self._data_key(self.status_path, idx): bytes([int(state)]) for idx, state, _ in marks})
+            return
+        for (iy, ix), state, _ in marks:
+            arr[iy, ix] = int(state)
 
     def record_plan(self, plan) -> None:
         """Record ``plan`` once: a plan already recorded is not written again (re-running a finished map writes
@@ -462,17 +567,8 @@ class MapStore:
         make the store unusable). In a format-2 store a finished tile always has a ``classification`` chunk: one
         listing of that array finds the finished tiles whose data are *missing*, also read as pending.
         """
-        try:
-            arr = self.array(self.status_path)
-            meta = arr.metadata
-            codecs = getattr(meta, "codecs", ())
-            ok = (getattr(meta, "zarr_format", None) == 3 and len(codecs) == 1 and type(codecs[0]).__name__ == "BytesCodec"
-                  and tuple(meta.chunk_grid.chunk_shape) == (1, 1) and type(meta.chunk_key_encoding).__name__ ==
-                  "DefaultChunkKeyEncoding" and meta.chunk_key_encoding.separator == "/" and np.dtype(arr.dtype) == np.uint8)
-        except Exception as e:  # anything unexpected: the slow, sure path
-            _log.debug(f"scan_states() falls back to zarr reads: {type(e).__name__}: {e}")
-            ok = False
-        if ok:
+        arr = self.array(self.status_path)
+        if raw_layout(arr, (1, 1), np.uint8):
             out = np.zeros(arr.shape, np.uint8)
             unreadable = []
             for key, b in self.read_chunks(self.status_path).items():
@@ -748,6 +844,27 @@ def _differences(key: str, got: Any, want: Any) -> list[str]:
         return [d for k in sorted(set(got) | set(want), key=str) if got.get(k) != want.get(k)
                 for d in _differences(f"{key}.{k}", got.get(k), want.get(k))]
     return [f"{key}: store has {_short(got)}, this run has {_short(want)}"]
+
+
+def raw_layout(arr, chunks: tuple, dtype, *, compressed: bool = False) -> bool:
+    """Whether the Zarr array ``arr`` is laid out as this store makes it, so that its chunks can be read and written
+    as bytes: Zarr 3, ``chunks``, ``dtype``, C order, "/"-separated default chunk keys, the ``bytes`` codec (little
+    endian) alone or, with ``compressed``, followed by ``zstd`` alone. Anything else: False (use zarr)."""
+    try:
+        meta = arr.metadata
+        codecs = tuple(getattr(meta, "codecs", ()))
+        names = tuple(type(c).__name__ for c in codecs)
+        endian = getattr(codecs[0], "endian", None) if codecs else None
+        return (getattr(meta, "zarr_format", None) == 3
+                and names == (("BytesCodec", "ZstdCodec") if compressed else ("BytesCodec",))
+                and (endian is None or getattr(endian, "value", endian) == "little")
+                and tuple(meta.chunk_grid.chunk_shape) == tuple(chunks)
+                and type(meta.chunk_key_encoding).__name__ == "DefaultChunkKeyEncoding"
+                and meta.chunk_key_encoding.separator == "/" and np.dtype(arr.dtype) == np.dtype(dtype)
+                and getattr(arr, "order", "C") == "C")
+    except Exception as e:  # anything unexpected: the slow, sure path
+        _log.debug(f"{getattr(arr, 'path', arr)} is read and written through zarr: {type(e).__name__}: {e}")
+        return False
 
 
 def _chunk_key(rel: str, ndim: int = 2) -> tuple[int, int] | None:
