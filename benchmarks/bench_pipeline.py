@@ -8,8 +8,9 @@ For each model (the demo bundle; a ResNet-34 UNet with random weights, bundled i
 - the pipeline (a synthetic mosaic read from a Zarr store, written to a Zarr map, screen off) in-process and on the
   embedded default cluster (the ``local`` profile ``reefmap run`` launches, warm workers);
 - their ratios to the ceiling; milliseconds per tile of each step (read, screen, normalize, h2d, model, d2h, encode,
-  write, mark: ``TileOutcome.timings``); the read amplification (source bytes decoded / bytes needed, from the plan
-  and the source's chunking: each tile decodes every source chunk its halo'd window touches).
+  write, mark: ``TileOutcome.timings``); the read amplification (source bytes decoded / bytes needed, measured by
+  ``reefmap.sources.read_stats`` in each pipeline run with the per-worker chunk cache, and, for reference, what it
+  would be without the cache: each tile decoding every source chunk its halo'd window touches).
 Every Mpx/s counts output (map) pixels; each tile computes its halo'd block. For the demo model it also prints the
 halo's cost, the empty-tile screen, and a skipped empty tile vs an inferred one.
 
@@ -160,17 +161,22 @@ def bench_model(model_name, bundle, src, device, a, work, say) -> dict:
     in_thread(bare_run, bare_steps)
     bare = mpx / t_bare
 
-    s_ip, t_ip, steps_ip = pipeline("inprocess", mosaic, bundle, device, a, work / f"{model_name}-inprocess")
+    s_ip, t_ip, steps_ip, reads_ip = pipeline("inprocess", mosaic, bundle, device, a, work / f"{model_name}-inprocess")
+    uncached = read_amplification(plan, src)
     res = {"ceiling_mpx_s": round(ceil, 3), "bare_mpx_s": round(bare, 3),
            "pipeline_inprocess_mpx_s": round(mpx / t_ip, 3), "pipeline_cluster_mpx_s": None,
-           "read_amplification": read_amplification(plan, src), "tiles": len(tasks), "halo": meta.halo,
+           "read_amplification": reads_ip["read_amplification"], "read_amplification_cluster": None,
+           "read_amplification_without_cache": uncached["ratio"], "reads": {"inprocess": reads_ip},
+           "tiles": len(tasks), "halo": meta.halo,
            "parameters": params, "ceiling_window": list(window)}
     lines = [(f"device ceiling (batch {a.ceiling_batch} of {window[0]}x{window[1]}, uint8 in/out)", ceil, ""),
              ("bare model as reefmap calls it (in-memory blocks)", bare, ""),
              (f"pipeline in-process ({a.workers} threads, Zarr → Zarr)", mpx / t_ip, f"{s_ip.done} tiles")]
     if not a.no_cluster:
-        s_lc, t_lc, steps_lc = pipeline("cluster", mosaic, bundle, device, a, work / f"{model_name}-cluster")
+        s_lc, t_lc, steps_lc, reads_lc = pipeline("cluster", mosaic, bundle, device, a, work / f"{model_name}-cluster")
         res["pipeline_cluster_mpx_s"] = round(mpx / t_lc, 3)
+        res["read_amplification_cluster"] = reads_lc["read_amplification"]
+        res["reads"]["cluster"] = reads_lc
         lines.append((f"pipeline, embedded default LocalCluster ({a.workers} workers)", mpx / t_lc, f"{s_lc.done} tiles"))
     for label, v, note in lines:
         say(f"  {label:58s} {v:9.3f} Mpx/s  {v / ceil:6.2f} × ceiling  {v / bare:5.2f} × bare  {note}")
@@ -185,9 +191,10 @@ def bench_model(model_name, bundle, src, device, a, work, say) -> dict:
     say("  ms per tile   " + "".join(f"{k:>9s}" for k in STEPS))
     for where, st in res["ms_per_tile"].items():
         say(f"  {where:12s}" + "".join(f"{st.get(k, 0.0):9.2f}" for k in STEPS))
-    ra = res["read_amplification"]
-    say(f"  read amplification: {ra['ratio']:.2f} (source bytes decoded / bytes needed; halo'd window / tile: "
-        f"{ra['window_ratio']:.2f}; source chunks {ra['source_chunks']})")
+    say(f"  read amplification (source bytes decoded / bytes needed, measured): in-process "
+        f"{res['read_amplification']}, LocalCluster {res['read_amplification_cluster']}; without the chunk cache "
+        f"{uncached['ratio']:.2f} (halo'd window / tile {uncached['window_ratio']:.2f}; source chunks "
+        f"{uncached['source_chunks']})")
     if model_name == "demo":
         res.update(demo_extras(model, mosaic, raw, blocks, tasks, a, work, say))
     return res
@@ -244,27 +251,31 @@ def pipeline(kind, mosaic, bundle, device, a, base: Path):
 
     from reefmap.execute.executors import Distributed, InProcess
     from reefmap.execute.runner import RunOptions, execute, prepare
+    from reefmap.sources import read_stats, reset_read_stats
+
+    client = None
 
     def once(executor, k):
         out = base.with_name(f"{base.name}-{k}.zarr")
         shutil.rmtree(out, ignore_errors=True)
         outcomes = []
+        reset_read_stats(client)  # and empty chunk caches: each run reads its source afresh
         t = time.perf_counter()
         plan, job, store = prepare(mosaic, bundle, out, tile=a.tile, screen=False, precision=a.precision)
         job = dataclasses.replace(job, device=device)
         s = execute(plan, job, store, executor, RunOptions(batch=a.batch, progress=False), on_outcome=outcomes.append)
-        return s, time.perf_counter() - t, outcomes
+        return s, time.perf_counter() - t, outcomes, read_stats(client)
 
     def rounds(executor):
         once(executor, "warm")  # model loading, kernel compilation
         runs = [once(executor, k) for k in range(a.rounds)]
-        s, t, outcomes = min(runs, key=lambda r: r[1])
+        s, t, outcomes, reads = min(runs, key=lambda r: r[1])
         groups = {id(o.timings): o.timings for o in outcomes}  # a group's tiles share one timings dict
         total: dict = {}
         for tm in groups.values():
             for k, v in tm.items():
                 total[k] = total.get(k, 0.0) + v
-        return s, t, per_tile_ms(total, len(outcomes))
+        return s, t, per_tile_ms(total, len(outcomes)), reads
 
     if kind == "inprocess":
         with InProcess() as ex:

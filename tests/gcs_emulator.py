@@ -34,9 +34,21 @@ import pytest
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768-60999): the port is chosen at import but taken only when the
+    fixture starts, and a port the OS hands out meanwhile (to a dask scheduler or worker of another test) would
+    answer in the emulator's place."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-31999 for the GCS emulator")
 
 
 PORT = _free_port()

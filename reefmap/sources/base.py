@@ -205,9 +205,11 @@ def read_stats(client=None) -> dict:
 
 
 def reset_read_stats(client=None) -> None:
-    """Start counting ``read_stats`` afresh (in this process, and on ``client``'s workers)."""
+    """Start counting ``read_stats`` afresh, with an empty chunk cache so that what follows is measured on its own
+    (in this process, and on ``client``'s workers)."""
     global _STATS
     _STATS = ReadStats()
+    _CHUNKS.clear()
     if client is not None:
         client.run(reset_read_stats)
 
