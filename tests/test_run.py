@@ -409,3 +409,38 @@ def test_a_small_job_with_the_default_client_runs_in_process(memory_mosaic, rand
     with pytest.raises(Launched):
         run(da, random_bundle.path, tmp_path / "asked.zarr", tile=128, workers=2, progress=False)
     assert launched == [("local", None), ("local", 2)]
+
+
+def test_on_a_gpu_host_the_default_cluster_is_one_worker_per_gpu_fed_by_threads(zarr_mosaic, random_bundle, tmp_path,
+                                                                                 monkeypatch):
+    """Two GPUs visible (CUDA_VISIBLE_DEVICES=0,1; there is no GPU here, so torch runs on the CPU in each worker):
+    the embedded default launches one worker per GPU, each with its own GPU id and cores/GPUs threads, advertising
+    GPU=1; the runner then pins only the model step to it (read and write are tasks of their own). The map is the
+    in-process map, byte for byte."""
+    from reefmap.cluster import launch
+    from reefmap.cluster.local import gpu_layout
+
+    assert gpu_layout({"n_workers": None}, None, ["0", "1", "2", "3"], 16) == {
+        "n_workers": 4, "threads_per_worker": 4, "resources": {"GPU": 1}}
+    assert gpu_layout({"n_workers": 3}, None, ["0"], 16) == {"n_workers": 3}  # the profile's own layout wins
+    assert gpu_layout({"n_workers": None}, 2, ["0"], 16) == {"n_workers": None}  # so do explicit jobs
+    assert gpu_layout({"n_workers": None}, None, [], 16) == {"n_workers": None}  # no GPU: one worker per core
+
+    path, _ = zarr_mosaic
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    client = launch("local")
+    try:
+        info = client.run(lambda dask_worker: (os.environ.get("CUDA_VISIBLE_DEVICES"), dask_worker.state.nthreads,
+                                               dict(dask_worker.state.total_resources)))
+        assert sorted(v[0] for v in info.values()) == ["0", "1"]
+        assert all(v[1] == max(2, (os.cpu_count() or 1) // 2) and v[2] == {"GPU": 1} for v in info.values())
+        summary = run(open_mosaic(str(path)), random_bundle.path, tmp_path / "gpu.zarr", tile=128, client=client,
+                      progress=False)
+    finally:
+        client.close()
+        client.cluster.close()
+    assert summary.failed == 0 and summary.computed == summary.planned
+    run(open_mosaic(str(path)), random_bundle.path, tmp_path / "solo.zarr", tile=128, client="inprocess",
+        progress=False)
+    for a, b in zip(layers(tmp_path / "gpu.zarr"), layers(tmp_path / "solo.zarr")):
+        np.testing.assert_array_equal(a, b)

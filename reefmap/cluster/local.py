@@ -3,9 +3,35 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
+from reefmap.cluster.worker import WORKER_GPUS
 from reefmap.errors import InvalidParameter
+
+
+def visible_gpus() -> list[str]:
+    """The ids of the NVIDIA GPUs this process may use, without importing torch: ``CUDA_VISIBLE_DEVICES`` when set
+    (``""`` or ``-1``: none), else one per GPU the driver lists in ``/proc/driver/nvidia/gpus``."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [g.strip() for g in env.split(",") if g.strip()]
+        return [] if ids[:1] == ["-1"] else ids
+    try:
+        return [str(i) for i in range(len(os.listdir("/proc/driver/nvidia/gpus")))]
+    except OSError:
+        return []
+
+
+def gpu_layout(options: dict[str, Any], jobs: int | None, gpus: list[str], cores: int) -> dict[str, Any]:
+    """LocalCluster keywords for a host with ``gpus``: one worker process per GPU (each its own GPU, one CUDA
+    context, model loaded once), fed by ``cores / GPUs`` threads that read, decode and write while its model step
+    (asked for with ``resources={"GPU": 1}``) runs on the GPU. Applies only where the profile leaves the layout to
+    reefmap (``n-workers`` null, ``jobs`` not given) and uses processes; otherwise ``options`` as they are."""
+    if not gpus or jobs is not None or options.get("n_workers") is not None or not options.get("processes", True):
+        return dict(options)
+    return {**options, "n_workers": len(gpus), "threads_per_worker": max(2, cores // len(gpus)),
+            "resources": {"GPU": 1}}
 
 
 def start_local(name: str, options: dict[str, Any], jobs: int | None = None, adapt: tuple[int, int] | None = None,
@@ -17,11 +43,17 @@ def start_local(name: str, options: dict[str, Any], jobs: int | None = None, ada
     the nannies preload ``reefmap.cluster.nanny`` (glibc's malloc stays adaptive in the workers) and the workers
     ``reefmap.cluster.worker`` (a Ctrl-C at the terminal is left to this process).
     ``silence_logs`` may be a level name. ``jobs`` workers (or ``adapt`` between min and max) win over
-    ``n_workers``; with ``wait``, returns once they are connected (at most ``timeout`` seconds).
+    ``n_workers``; with ``wait``, returns once they are connected (at most ``timeout`` seconds). On a host with
+    GPUs, a profile that leaves ``n_workers`` to reefmap gets :func:`gpu_layout`: one worker per GPU.
     """
     from distributed import Client, LocalCluster
 
-    kw = dict(options)
+    gpus = visible_gpus()
+    kw = gpu_layout(options, jobs, gpus, os.cpu_count() or 1)
+    if "resources" in kw and "resources" not in options:  # the GPU layout: each worker takes its own GPU
+        os.environ[WORKER_GPUS] = ",".join(gpus)
+    else:
+        os.environ.pop(WORKER_GPUS, None)
     if kw.get("processes", True):
         from reefmap.compute.kernels import compile_all
 
