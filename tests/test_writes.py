@@ -100,3 +100,21 @@ def test_fast_writes_on_gcs_take_one_round_per_task(gcs_fs, tmp_path, monkeypatc
     assert all(k.startswith("tiles/status/") for k in rounds[2]) and len(rounds[2]) == 6
     assert len(sets) == 11 + 6 + 6  # 12 data chunks less the all-fill one
     check_like_zarr(MapStore(url, STORAGE_OPTIONS), data, tmp_path)
+
+
+def test_a_run_on_a_remote_store_records_states_a_few_tiles_per_write(gcs_fs, memory_mosaic, random_bundle,
+                                                                       monkeypatch):
+    """On gs:// the default task holds REMOTE_BATCH tiles: their states go up in one write, not one per tile; on local
+    disk a task is one tile. (The map itself does not depend on the batch: tests/test_device_path.py.)"""
+    from reefmap.execute.runner import REMOTE_BATCH, run
+
+    fs, bucket = gcs_fs
+    rounds = []
+    orig = MapStore.put_raw
+    monkeypatch.setattr(MapStore, "put_raw", lambda self, blobs: rounds.append(sorted(blobs)) or orig(self, blobs))
+    da, _ = memory_mosaic
+    s = run(da, random_bundle.path, f"gs://{bucket}/batch.zarr", tile=128, client="inprocess", progress=False,
+            storage_options=STORAGE_OPTIONS)
+    states = [r for r in rounds if r and r[0].startswith("tiles/status/")]
+    assert s.computed == 48 and sum(len(r) for r in states) == 48
+    assert len(states) == -(-48 // REMOTE_BATCH) and max(len(r) for r in states) == REMOTE_BATCH

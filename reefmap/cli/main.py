@@ -27,7 +27,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    "(--bands red=3,green=2,blue=1) or mosaic bands in the model's order (--bands B04,B03,B02,B08); "
                    "names or 1-based numbers")
     p.add_argument("--no-screen", dest="screen", action="store_false", default=None, help="infer every tile (no empty-tile screen)")
-    p.add_argument("--batch", type=int, help="tiles per task: their same-shaped blocks go to the device together (default 1)")
+    p.add_argument("--batch", type=int, help="tiles per task: their same-shaped blocks go to the device together and their states are written at once (default 1 on local disk, 4 on a remote store)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
                    help="the model's precision: fp32 (default) or bf16/fp16 autocast; recorded in the map, never mixed")
     p.add_argument("--compile", dest="compile", action="store_true", default=None,

@@ -37,6 +37,9 @@ log = logging.getLogger("reefmap.execute")
 
 #: the default tile (Zarr chunk) size in pixels
 DEFAULT_TILE = 1024
+#: tiles per task on a remote store by default: their chunks go up in one concurrent round and their states in one
+#: write, instead of a round trip per tile
+REMOTE_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -271,7 +274,7 @@ def refresh_store_overviews(store: MapStore) -> None:
 
 
 def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: int = DEFAULT_TILE, halo: int | None = None,
-        screen: bool = True, client: Any = None, workers: int | None = None, batch: int = 1,
+        screen: bool = True, client: Any = None, workers: int | None = None, batch: int | None = None,
         max_in_flight: int | None = None, progress: bool = True, storage_options: dict | None = None,
         raise_on_failure: bool = True, allow_new_sources: bool = False,
         verify: bool = False, bands=None, precision: str = "fp32", compile: bool = False) -> RunSummary:
@@ -289,7 +292,9 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     ``allow_new_sources``: extend an existing map made from another input with this one (else refused, see
     :func:`prepare`). Finished tiles are skipped after a cheap check that their chunks are there (existence and size;
     ``verify=True``: their checksums too, reading them): damaged ones are recomputed and listed in the summary's
-    ``damaged``. ``batch``: tiles per task (their same-shaped blocks go to the device together). ``precision``
+    ``damaged``. ``batch``: tiles per task (their same-shaped blocks go to the device together, their states are
+    recorded in one write); None: 1 on local disk, ``REMOTE_BATCH`` on a remote store (gs://, s3://, ...), where each
+    write is a round trip. ``precision``
     (``"fp32"``, ``"bf16"``, ``"fp16"``) and ``compile`` (``torch.compile``): the model's numerics, recorded in the
     map's provenance and identity (a map is never a mix of precisions). A tile's bytes do not depend on ``batch``.
 
@@ -301,6 +306,7 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     plan, job, store = prepare(mosaic, model, out, bbox=bbox, bbox_crs=bbox_crs, tile=tile, halo=halo, screen=screen,
                                storage_options=storage_options, allow_new_sources=allow_new_sources, bands=bands,
                                precision=precision, compile=compile)
+    batch = positive_int("batch", batch) if batch is not None else (1 if urls.is_local(out) else REMOTE_BATCH)
     options = RunOptions(batch=batch, max_in_flight=max_in_flight, progress=progress, verify=verify)
     states, damaged = states_for_run(store, full=verify)  # finished tiles checked: damaged ones count as pending
     left = int(plan.remaining(is_finished(states)).sum())
