@@ -77,6 +77,15 @@ def test_band_names_come_from_descriptions_zarr_coords_else_numbers(tmp_path):
     assert open_mosaic(tmp_path / "m.zarr").band.values.tolist() == ["red", "green", "blue"]
 
 
+def test_unnamed_bands_taken_in_order_are_said_so(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="reefmap"):
+        assert select_bands(reader_of(open_mosaic(write_tif(tmp_path / "n.tif", RGB))), ["red", "green", "blue"]) == (0, 1, 2)
+        assert "no names" not in caplog.text  # named by colour: nothing to say
+        reader = reader_of(open_mosaic(write_tif(tmp_path / "u.tif", RGB.astype(np.uint16))))
+        assert select_bands(reader, ["red", "green", "blue"], model="m") == (0, 1, 2)
+    assert "bands have no names: bands 1..3 are taken in order as model 'm''s red, green, blue" in caplog.text
+
+
 def test_bands_parse_as_pairs_or_a_list_and_resolve_by_name_or_number(tmp_path):
     assert parse_bands("red=3, green=2,blue=1") == {"red": "3", "green": "2", "blue": "1"}
     assert parse_bands("B04,B03,B02,B08") == ("B04", "B03", "B02", "B08")

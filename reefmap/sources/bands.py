@@ -97,6 +97,9 @@ def select_bands(reader, wanted: Sequence[str], bands=None, model: str = "the mo
             return tuple(found)
         unnamed = list(reader.band_names) == [str(i) for i in range(1, len(reader.band_names) + 1)]
         if unnamed and len(reader.band_names) == len(wanted):
+            log.warning(f"reefmap: the mosaic's bands have no names: bands 1..{len(wanted)} are taken in order as model "
+                        f"{model!r}'s {', '.join(wanted)}; if they are not, say which is which with --bands "
+                        f"(API: bands=), e.g. --bands {example}")
             return tuple(range(len(wanted)))
         missing = [w for w, f in zip(wanted, found) if f is None]
         raise BandMismatch(f"model {model!r} needs bands {wanted} but {has}; it lacks {missing}. Name the mosaic's "
