@@ -107,30 +107,34 @@ def reliability_png(path: str, region: dict) -> bool:
 
 
 def regions_png(path: str, report: dict) -> None:
-    """Per-region bars of reef F1 and the area-weighted F-score, one bar per product (and all regions pooled)."""
+    """Per-region bars of reef F1 and the area-weighted F-score side by side, one bar per product (and all regions
+    pooled), regions down the page so that any number of them stays readable."""
     names = [p["name"] for p in report["products"]]
     cols = [(r["name"], r["products"]) for r in report["regions"]]
     if len(cols) > 1:
         cols.append(("all regions", report["all_regions"]))
-    fig = figure(max(7.0, 1.6 * len(cols) * max(1, len(names)) / 2 + 3), 7.0)
-    width = 0.8 / len(names)
-    for row, (metric, label) in enumerate((("reef.f1", "reef F1 (pixels)"),
+    n, k_n = len(cols), max(1, len(names))
+    label_in = 0.075 * max(len(c) for c, _ in cols)  # the region names' width, inches at 8 pt
+    fig = figure(8.0 + label_in, max(3.2, 0.22 * n * k_n + 0.3 * n + 1.6 + 0.25 * k_n))
+    h = 0.8 / k_n
+    for col, (metric, label) in enumerate((("reef.f1", "reef F1 (pixels)"),
                                            ("reef.area_weighted_f", "area-weighted reef F-score"))):
-        ax = fig.add_subplot(2, 1, row + 1)
+        ax = fig.add_subplot(1, 2, col + 1)
         for k, name in enumerate(names):
             vals = [metric_value(prods.get(name, {}), metric) for _, prods in cols]  # n/a: not scored there
-            xs = np.arange(len(cols)) + (k - (len(names) - 1) / 2) * width
-            ax.bar(xs, [v if v is not None else 0 for v in vals], width, label=name)
-            for x, v in zip(xs, vals):
-                ax.text(x, (v or 0) + 0.01, "n/a" if v is None else f"{v:.2f}", ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(len(cols)), [c for c, _ in cols], fontsize=9)
-        ax.set_ylim(0, 1.12)
-        ax.set_ylabel(label)
-        ax.grid(axis="y", alpha=0.3)
-        if row == 0:
-            ax.set_title("Reef scores per region", fontsize=11)
-            ax.legend(fontsize=8, loc="upper right", ncol=min(len(names), 3))
-    fig.tight_layout()
+            ys = np.arange(n) + (k - (k_n - 1) / 2) * h
+            ax.barh(ys, [v if v is not None else 0 for v in vals], h, label=name, color=f"C{k}")
+            for y, v in zip(ys, vals):
+                ax.text((v or 0) + 0.01, y, "n/a" if v is None else f"{v:.2f}", ha="left", va="center", fontsize=7)
+        ax.set_yticks(range(n), [c for c, _ in cols] if col == 0 else [""] * n, fontsize=8)
+        ax.set_ylim(n - 0.5, -0.5)  # the first region on top, "all regions" last
+        ax.set_xlim(0, 1.15)
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(k_n, 2), fontsize=8, frameon=False)
+    fig.suptitle("Reef scores per region", fontsize=11)
+    fig.tight_layout(rect=(0, 0.35 / fig.get_figheight() * (1 + (k_n - 1) // 2), 1, 0.97))
     fig.savefig(path)
 
 
