@@ -69,30 +69,10 @@ def write_mosaic(path: Path, size: int, tile: int) -> None:
 
 
 def bundle_path(work: Path) -> tuple[str, str]:
-    """The demo bundle if present, else a random-weights one of the demo's architecture (tiny_unet b8 l2)."""
+    """The shipped demo bundle."""
     from reefmap.model.bundle import DEMO_BUNDLE
 
-    if (DEMO_BUNDLE / "bundle.json").exists():
-        return str(DEMO_BUNDLE), "demo bundle"
-    import torch
-
-    from reefmap.classes import CLASS_NAMES
-    from reefmap.model.segmenter import build_network, receptive_radius, save_bundle
-
-    path = work / "random-b8-l2"
-    if not (path / "bundle.json").exists():
-        torch.manual_seed(0)
-        arch = {"name": "tiny_unet", "in_channels": 3, "classes": len(CLASS_NAMES), "base": 8, "levels": 2}
-        net = build_network(arch)
-        with torch.no_grad():
-            for p in net.parameters():
-                p.uniform_(-0.3, 0.3)
-        meta = {"name": "bench-random-b8-l2", "architecture": arch, "bands": ["red", "green", "blue"],
-                "mean": [128.0] * 3, "std": [40.0] * 3, "valid_range": [0.0, 255.0], "classes": list(CLASS_NAMES),
-                "receptive_radius": receptive_radius(2), "halo": 32, "size_multiple": 4, "screen": {},
-                "training": {"data": "none (random weights, for benchmarks)"}}  # fmt: skip
-        save_bundle(path, net, meta)
-    return str(path), "random-weights tiny_unet b8 l2 (the demo bundle is not there)"
+    return str(DEMO_BUNDLE), "demo bundle"
 
 
 def _warm(job, tasks) -> float:  # runs on a worker: imports, model load, first forward of this tile shape

@@ -123,25 +123,6 @@ def bench_status(work: Path, counts: list[int]) -> None:
               f"(store created in {t_create:.1f} s, states written in {t_write:.1f} s)")
 
 
-def _random_bundle(path: Path) -> str:
-    code = (
-        "import sys, torch\n"
-        "from reefmap.classes import CLASS_NAMES\n"
-        "from reefmap.model.segmenter import build_network, receptive_radius, save_bundle\n"
-        "torch.manual_seed(1)\n"
-        "arch = {'name': 'tiny_unet', 'in_channels': 3, 'classes': len(CLASS_NAMES), 'base': 8, 'levels': 2}\n"
-        "net = build_network(arch)\n"
-        "meta = {'name': 'bench-random', 'architecture': arch, 'bands': ['red', 'green', 'blue'],\n"
-        "        'mean': [100.0, 110.0, 120.0], 'std': [40.0, 40.0, 40.0], 'valid_range': [0.0, 255.0],\n"
-        "        'classes': list(CLASS_NAMES), 'receptive_radius': receptive_radius(2), 'halo': 32, 'size_multiple': 4,\n"
-        "        'screen': {'deep_water': [[0, 30], [0, 60], [40, 120]], 'land': [[120, 255], [100, 255], [0, 90]]},\n"
-        "        'training': {'data': 'none (random weights, for the benchmark)'}}\n"
-        "save_bundle(sys.argv[1], net, meta)\n"
-    )
-    subprocess.run([PY, "-c", code, str(path)], check=True)
-    return str(path)
-
-
 def _run_job(cfg: str, out: Path, model: str, workers: int, mif: int, summary: Path, log: Path):
     cmd = [PY, str(REPO / "pipelines" / "global_run.py"), cfg, "--out", str(out), "--model", model, "--profile",
            "local", "--jobs", str(workers), "--max-in-flight", str(mif), "--summary", str(summary), "--log-every", "10"]
@@ -160,9 +141,8 @@ def _finished(out: Path) -> int:
 def bench_run(work: Path, model: str | None, workers: int, mif: int, kill_at: float) -> None:
     print(f"\n## 3. simulated global run: caribbean-demo.yaml, local profile, {workers} workers, max_in_flight {mif}")
     cfg = str(CONFIGS / "caribbean-demo.yaml")
-    demo = REPO / "reefmap" / "model" / "bundles" / "demo"
     if model is None:
-        model = str(demo) if (demo / "bundle.json").exists() else _random_bundle(work / "bundle")
+        model = str(REPO / "reefmap" / "model" / "bundles" / "demo")
     print(f"  model: {model}")
     # a) straight through
     out = work / "run.zarr"

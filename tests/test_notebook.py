@@ -88,10 +88,6 @@ def test_launch_notebook_runs_on_slurm(slurm, slurm_overrides, tmp_path, reap):
     import yaml
 
     from reefmap.cluster.launcher import PACKAGE_PROFILES
-    from reefmap.model.bundle import DEMO_BUNDLE
-
-    if not (DEMO_BUNDLE / "bundle.json").exists():
-        pytest.skip(f"the demo bundle {DEMO_BUNDLE} is not there yet (the notebook's segment/run cells need it)")
     # The notebook calls launch(PROFILE, jobs=JOBS) with no overrides: the local-SLURM fitting goes into a profile file
     # (slurm-cpu.yaml + slurm_overrides; launch() accepts a path to a profile YAML file).
     shipped = yaml.safe_load((PACKAGE_PROFILES / "slurm-cpu.yaml").read_text())

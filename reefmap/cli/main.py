@@ -78,6 +78,8 @@ def cmd_status(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from reefmap.execute.demo import DEMO_SEED
+
     p = argparse.ArgumentParser(prog="reefmap", description="Map coral reefs from satellite imagery into a Zarr store.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -85,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=str(Path.cwd() / "out" / "demo"), help="output folder (default: ./out/demo)")
     d.add_argument("--size", type=int, default=3072, help="mosaic size in pixels (square)")
     d.add_argument("--workers", type=int, default=None)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=DEMO_SEED,
+                   help=f"the synthetic world (default {DEMO_SEED}: one the demo model never saw in training)")
     d.set_defaults(fn=cmd_demo)
     r = sub.add_parser("run", help="map a mosaic into a Zarr store (resumes an existing one)")
     _add_run_args(r)
