@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reefmap.config import load_yaml, resolve_path
 from reefmap.errors import InvalidParameter
 from reefmap.model.training_config import TrainingConfig, build, resolve_paths
 
@@ -114,31 +115,17 @@ def slug(text: str) -> str:
 def load_experiment(config) -> ExperimentConfig:
     """An ``ExperimentConfig`` from a YAML path, a dict or itself; relative paths (base, out and the base's own)
     are taken from the YAML file's folder (the base YAML's folder for the base's paths)."""
-    import yaml
-
     if isinstance(config, ExperimentConfig):
         return config
     where = Path.cwd()
     if not isinstance(config, dict):
-        path = Path(config)
-        try:
-            config = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise InvalidParameter(f"experiment config {str(path)!r} is unreadable: {e}") from None
-        if not isinstance(config, dict):
-            raise InvalidParameter(f"experiment config {str(path)!r} is not a mapping of {list(KNOWN_KEYS)}")
-        where = path.resolve().parent
+        config, where = load_yaml(config, f"an experiment config ({', '.join(KNOWN_KEYS)})")
     unknown = sorted(set(config) - set(KNOWN_KEYS))
     if unknown:
         raise InvalidParameter(f"the experiment config has unknown keys {unknown}; known keys: {list(KNOWN_KEYS)}")
     base, base_dir = config.get("base"), where
     if isinstance(base, (str, os.PathLike)):
-        p = Path(base) if Path(base).is_absolute() else where / base
-        try:
-            base = yaml.safe_load(p.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise InvalidParameter(f"experiment base config {str(p)!r} is unreadable: {e}") from None
-        base_dir = p.resolve().parent
+        base, base_dir = load_yaml(resolve_path(base, where), "the experiment's base training config")
     if not isinstance(base, dict):
         raise InvalidParameter("experiment: base must be a training config (a YAML path or a mapping of its "
                                f"sections), got {base!r}")

@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reefmap.config import load_yaml
 from reefmap.errors import InvalidParameter
 
 ARCHITECTURE_PARAMS = {"tiny_unet": ("base", "levels"), "resnet34_unet": ("width",)}
@@ -208,16 +209,7 @@ def load_config(config: str | os.PathLike | dict | TrainingConfig) -> TrainingCo
         return config
     base = Path.cwd()
     if not isinstance(config, dict):
-        import yaml
-
-        path = Path(config)
-        try:
-            config = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise InvalidParameter(f"training config {str(path)!r} is unreadable: {e}") from None
-        if not isinstance(config, dict):
-            raise InvalidParameter(f"training config {str(path)!r} is not a mapping of sections (name, data, ...)")
-        base = path.resolve().parent
+        config, base = load_yaml(config, "a training config (name, data, ...)")
     cfg = build(TrainingConfig, config, "the training config")
     return resolve_paths(cfg, base)
 
