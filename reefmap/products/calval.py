@@ -192,7 +192,8 @@ class Truth:
     background: int | None = None
 
     def describe(self) -> dict:
-        src = self.source if isinstance(self.source, (str, os.PathLike)) else f"<{type(self.source).__name__}>"
+        src = self.source if isinstance(self.source, (str, os.PathLike)) else \
+            f"<{type(self.source).__name__} {getattr(self.source, 'attrs', {}).get('long_name', '')}>".replace(" >", ">")
         return {"source": os.fspath(src) if isinstance(src, os.PathLike) else src, "attribute": self.attribute,
                 "nodata": self.nodata, "background": self.background}
 

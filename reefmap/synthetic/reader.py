@@ -159,5 +159,6 @@ def synthetic_truth(size_or_shape: int | tuple[int, int] = 2048, seed: int = 0, 
     out = xr.DataArray(arr, dims=("y", "x"), coords=mosaic.drop_vars("band").coords, name="truth")
     out.attrs = {"_FillValue": NODATA, "flag_values": list(DEMO_SCHEME.codes),
                  "flag_meanings": " ".join(DEMO_SCHEME.flag_words),
+                 "long_name": f"truth of the synthetic world seed {reader.world.seed}",
                  "reefmap_source": spec_key(reader.spec())}
     return out.rio.write_crs(reader.geobox.crs).rio.write_transform(reader.geobox.transform)
