@@ -1,11 +1,11 @@
 """Validate a bundle on synthetic scenes whose world seeds never took part in its training (held-out worlds).
 
-    .venv/bin/python pipelines/demo_calval.py [--bundle reefmap/model/bundles/demo] [--seeds 100 101]
-        [--size 2048] [--out out/demo-calval]
+    .venv/bin/python pipelines/demo_calval.py [--bundle reefmap/model/bundles/demo] [--seeds 100 101 ...]
+        [--size 2048] [--out out/demo-calval]   (default seeds: 100-107)
 
 Each seed's synthetic scene is mapped with the bundle (in-process) into OUT/maps/seedN.zarr and scored against the
 scene's own truth by calval, all seeds pooled into one report: OUT/report/report.json and report.md (the shipped
-demo bundle's report is kept in reefmap/model/bundles/demo/calval/). Synthetic data only: the procedural world,
+demo bundle's report is kept as reefmap/model/bundles/demo/calval-report.json and .md). Synthetic data only: the procedural world,
 NOT real reef labels.
 """
 
@@ -20,7 +20,7 @@ from reefmap.synthetic.reader import synthetic_mosaic, synthetic_truth
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", default=str(DEMO_BUNDLE))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(100, 108)))
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--tile", type=int, default=1024)
     ap.add_argument("--out", default="out/demo-calval")

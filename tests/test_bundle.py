@@ -242,8 +242,8 @@ def test_a_halo_below_the_measured_radius_is_refused_with_the_number(tiny, tmp_p
 def test_older_bundles_load_as_before_and_convert_to_the_same_maps(random_bundle, memory_mosaic, tmp_path):
     from reefmap.execute.runner import run
 
-    demo = read_bundle(None)  # the shipped demo: still format 1, with the content hash existing maps record
-    assert demo.format == "reefmap-bundle/1" and demo.sha256.startswith("a0f3a1cc8d6c")
+    demo = read_bundle(None)  # the shipped demo: trained by `reefmap train`, so in the new format
+    assert demo.format == "stac-mlm" and demo.artifact_type == "torch.save"
     assert inspect_bundle(None)["classes"][2] == {"value": 3, "name": "reef", "color": "ff503c"}
     new = convert_bundle(random_bundle.path, tmp_path / "converted")
     assert new.format == "stac-mlm" and new.artifact_type == "torch.save" and new.halo == random_bundle.halo
