@@ -15,10 +15,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from reefmap.caching import LRUCache
 from reefmap.errors import BandMismatch, InputValuesMismatch, InvalidParameter, SourceError
 from reefmap.geometry.grid import Window
 
 log = logging.getLogger("reefmap.sources")
+#: (mosaic, model) pairs already told that their unnamed bands are taken in order
+_SAID: "LRUCache[bool]" = LRUCache("band-order warnings", 256)
 
 #: ``check_values`` refuses a mosaic when more than this share of the sampled valid pixels fall outside the
 #: model's valid range (a few saturated pixels, glint or cloud above 10000 in reflectance, are normal)
@@ -97,9 +100,14 @@ def select_bands(reader, wanted: Sequence[str], bands=None, model: str = "the mo
             return tuple(found)
         unnamed = list(reader.band_names) == [str(i) for i in range(1, len(reader.band_names) + 1)]
         if unnamed and len(reader.band_names) == len(wanted):
-            log.warning(f"reefmap: the mosaic's bands have no names: bands 1..{len(wanted)} are taken in order as model "
-                        f"{model!r}'s {', '.join(wanted)}; if they are not, say which is which with --bands "
-                        f"(API: bands=), e.g. --bands {example}")
+            from reefmap.sources.base import source_identity
+
+            said = (repr(source_identity(reader)), model)
+            if _SAID.get(said) is None:  # once per mosaic and model in a process, not at every prepare
+                _SAID.put(said, True)
+                log.warning(f"reefmap: the mosaic's bands have no names: bands 1..{len(wanted)} are taken in order as "
+                            f"model {model!r}'s {', '.join(wanted)}; if they are not, say which is which with --bands "
+                            f"(API: bands=), e.g. --bands {example}")
             return tuple(range(len(wanted)))
         missing = [w for w, f in zip(wanted, found) if f is None]
         raise BandMismatch(f"model {model!r} needs bands {wanted} but {has}; it lacks {missing}. Name the mosaic's "
