@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reefmap", description="Map coral reefs from satellite imagery into a Zarr store.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="map a synthetic mosaic on a LocalCluster (a few minutes)")
+    d = sub.add_parser("demo", help="map a synthetic mosaic on the embedded default (in-process when small; a minute or two)")
     d.add_argument("--out", default=str(Path.cwd() / "out" / "demo"), help="output folder (default: ./out/demo)")
     d.add_argument("--size", type=int, default=3072, help="mosaic size in pixels (square)")
     d.add_argument("--workers", type=int, default=None)

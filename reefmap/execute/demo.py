@@ -1,4 +1,4 @@
-"""The demo job: a synthetic reef world mapped on a LocalCluster into a local Zarr store, plus a quick-look."""
+"""The demo job: a synthetic reef world mapped on the embedded default into a local Zarr store, plus a quick-look."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ DEMO_SEED = 100
 
 def run_demo(out: str | Path, *, size: int = 3072, workers: int | None = None, seed: int = DEMO_SEED,
              progress: bool = True) -> dict:
-    """Map a ``size`` px synthetic world (``seed``) with the demo bundle on the ``local`` profile (``workers``
-    processes) into ``out/reefmap-demo.zarr`` and draw ``out/reefmap-demo.png``; ``{"summary", "store", "png"}``."""
+    """Map a ``size`` px synthetic world (``seed``) with the demo bundle on the embedded default (the ``local``
+    profile with ``workers`` processes; in-process for a job below ``inprocess_below_mpx`` and no ``workers``) into
+    ``out/reefmap-demo.zarr`` and draw ``out/reefmap-demo.png``; ``{"summary", "store", "png"}``."""
     from reefmap.execute.runner import run
     from reefmap.products.mapview import open_map
     from reefmap.synthetic.reader import synthetic_mosaic
