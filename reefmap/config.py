@@ -219,6 +219,8 @@ class GlobalRunConfig:
     halo: int | None = None
     screen: bool = True
     batch: int = 1
+    precision: str = "fp32"  #: the model's numerics (fp32, bf16, fp16), recorded in the map as by ``reefmap run``
+    compile: bool = False  #: torch.compile the model on each worker
     max_in_flight: int | None = None
     block: int | None = None
     cluster_profile: str = "local"
@@ -228,7 +230,7 @@ class GlobalRunConfig:
     source: str | None = None  #: the YAML file this came from (for messages)
 
     KEYS = ("grid", "region", "mask", "mask_crs", "buffer_km", "mosaic", "model", "out", "halo", "screen", "batch",
-            "max_in_flight", "block", "cluster", "summary", "log_every_s")
+            "precision", "compile", "max_in_flight", "block", "cluster", "summary", "log_every_s")
 
     def __post_init__(self):
         where = self._where()
@@ -247,8 +249,10 @@ class GlobalRunConfig:
         for name in ("batch", "max_in_flight", "block", "cluster_jobs"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, positive_int(name, getattr(self, name), where=where))
-        if not isinstance(self.screen, bool):
-            raise InvalidParameter(f"{where}screen must be true or false, got {self.screen!r}")
+        for name in ("screen", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidParameter(f"{where}{name} must be true or false, got {getattr(self, name)!r}")
+        check_precision(self.precision)
         if finite_number("log_every_s", self.log_every_s, where=where) <= 0:
             raise InvalidParameter(f"{where}log_every_s must be > 0 seconds, got {self.log_every_s!r}")
         m = self.mosaic
@@ -287,8 +291,8 @@ class GlobalRunConfig:
         if "grid" not in data:
             raise InvalidParameter(f"{where}no grid: set grid: {{kind: web_mercator_quads, zoom: 15, tile: 4096}}")
         kw: dict[str, Any] = {"grid": grid_from_config(data["grid"]), "source": source}
-        for key in ("region", "mask_crs", "buffer_km", "halo", "screen", "batch", "max_in_flight", "block",
-                    "log_every_s"):
+        for key in ("region", "mask_crs", "buffer_km", "halo", "screen", "batch", "precision", "compile",
+                    "max_in_flight", "block", "log_every_s"):
             if data.get(key) is not None:
                 kw[key] = data[key]
         for key in ("out", "model", "summary"):

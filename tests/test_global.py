@@ -642,3 +642,24 @@ def test_sbatch_script_directives():
     assert "exec python pipelines/global_run.py" in text
     r = subprocess.run(["bash", "-n", str(REPO / "pipelines" / "global_run.sbatch")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_global_run_takes_the_models_precision_and_records_it(tmp_path, random_bundle):
+    """precision:/compile: in a global run's YAML reach the tiles and the map's provenance and identity, as with
+    ``reefmap run``; a later run with other numerics is refused instead of mixing them in one map."""
+    from reefmap.errors import StoreMismatch
+    from reefmap.execute.batch import run_batch
+    from reefmap.store.mapstore import MapStore
+
+    with pytest.raises(InvalidParameter, match="fp8"):
+        _sim_config(tmp_path, random_bundle, "bad", extra="precision: fp8\n")
+    cfg = _sim_config(tmp_path, random_bundle, "bf16", buffer_km=10, extra="precision: bf16\n")
+    assert cfg.precision == "bf16" and cfg.compile is False
+    summary = run_batch(cfg, client="inprocess", write_summary=False)
+    assert summary.complete and summary.computed > 0
+    attrs = MapStore(cfg.out).attrs
+    assert attrs["parameters"]["precision"] == "bf16"
+    assert attrs["identity"]["inference"] == {"precision": "bf16", "compile": False}
+    fp32 = _sim_config(tmp_path, random_bundle, "bf16", buffer_km=10)
+    with pytest.raises(StoreMismatch, match="bf16"):
+        run_batch(fp32, client="inprocess", write_summary=False)

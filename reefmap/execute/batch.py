@@ -343,7 +343,7 @@ def run_batch(cfg: GlobalRunConfig, *, client: Any = None, stop: threading.Event
         lg.warning(f"{job}: the mask and region keep no tile: nothing to do (check mask:, mask_crs: and region:)")
     mosaic = open_global_mosaic(cfg)
     plan, tjob, store = prepare(mosaic, cfg.model, cfg.out, tile=gplan.grid.tile, halo=cfg.halo, screen=cfg.screen,
-                                tile_mask=gplan.selection)
+                                tile_mask=gplan.selection, precision=cfg.precision, compile=cfg.compile)
     summary.store = urls.redact(store.url)
     progress = None
 
