@@ -73,3 +73,27 @@ def test_cache_order_keeps_bands_and_strips():
     assert set(map(tuple, b.tolist())) == {(r, c) for r in (2, 3) for c in range(5)}
     (whole,) = cache_order(tiles)
     assert whole.tolist() == tiles.tolist()  # one part, no bands: row-major
+
+
+def test_a_source_rewritten_in_place_is_read_afresh_by_the_next_run(zarr_mosaic, random_bundle, tmp_path):
+    """In one process (a notebook): map a Zarr mosaic, rewrite its pixels in place (same grid, same path), map it
+    again: the second map is the new pixels' map, not the first one served from decoded blocks kept in memory."""
+    import zarr
+
+    from reefmap.execute.runner import run
+    from reefmap.sources import open_mosaic
+
+    path, data = zarr_mosaic
+
+    def mapped(name):
+        run(open_mosaic(path), random_bundle.path, tmp_path / name, tile=64, client="inprocess", progress=False)
+        return zarr.open_group(str(tmp_path / name), mode="r")["classification"][:]
+
+    first = mapped("first.zarr")
+    arr = zarr.open_array(f"{path}/image", mode="r+")
+    arr[:] = data[:, ::-1, ::-1]  # the same pixels upside down: a different map
+    second = mapped("second.zarr")
+    clear_caches()
+    fresh = mapped("fresh.zarr")
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(second, fresh)

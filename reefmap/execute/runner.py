@@ -28,7 +28,7 @@ from reefmap.geometry.grid import BBox, Shape
 from reefmap.options import get_option
 from reefmap.planning.plan import Plan, cache_order, plan_tiles
 from reefmap.products.overviews import refresh_overviews
-from reefmap.sources import urls
+from reefmap.sources import clear_chunk_cache, urls
 from reefmap.store.format import SCHEME_KEY, TileState, is_finished
 from reefmap.store.integrity import states_for_run
 from reefmap.store.mapstore import MapStore, code_version
@@ -125,6 +125,7 @@ def prepare(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", ti
             f"would show seams; use --halo {meta.halo} (the bundle's default)"
         )
     plan = plan_tiles(reader.geobox, tile, halo, bbox=bbox, bbox_crs=bbox_crs, size_multiple=meta.size_multiple, mask=tile_mask)
+    clear_chunk_cache()  # the values check reads the source as it is now, not blocks an earlier run decoded
     windows = sample_windows(plan.tiles(), lambda t: plan.grid.window(tuple(t)))
     reader = model_input(reader, meta.bands, bands, windows, meta.name)
     check_values(reader, windows, meta.source_data_type, meta.valid_range, meta.name)
@@ -216,6 +217,7 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
             return execute(plan, job, store, ex, options, stop=stop, on_outcome=on_outcome, states=states,
                            damaged=damaged)
     t0 = time.perf_counter()
+    clear_chunk_cache(getattr(executor, "client", None))  # this run's tiles share decoded blocks, never older ones
     damaged = dict(damaged or {})
     if states is None:
         states, damaged = states_for_run(store, full=options.verify)

@@ -18,6 +18,7 @@ from reefmap.sources.base import (
     cache_reader,
     clear_reader_cache,
     open_reader,
+    clear_chunk_cache,
     read_stats,
     reader_of,
     reader_to_dataarray,
@@ -41,6 +42,7 @@ __all__ = [
     "reader_to_dataarray",
     "register_reader",
     "clear_reader_cache",
+    "clear_chunk_cache",
     "read_stats",
     "reset_read_stats",
 ]

@@ -204,6 +204,15 @@ def read_stats(client=None) -> dict:
             "read_amplification": round(decoded / total, 3) if total else None}
 
 
+def clear_chunk_cache(client=None) -> None:
+    """Empty the cache of decoded source blocks in this process (and on ``client``'s workers). A run starts with
+    this: its blocks are then shared only among its own tiles, so a source rewritten in place since an earlier run
+    in the same processes (a notebook, a warm cluster) is read afresh, never from the earlier run's blocks."""
+    _CHUNKS.clear()
+    if client is not None:
+        client.run(clear_chunk_cache)
+
+
 def reset_read_stats(client=None) -> None:
     """Start counting ``read_stats`` afresh, with an empty chunk cache so that what follows is measured on its own
     (in this process, and on ``client``'s workers)."""
