@@ -12,7 +12,7 @@ import numpy as np
 from reefmap.compute.tiles import TileJob, TileOutcome
 from reefmap.errors import ReefmapError, StoreNotWritable
 from reefmap.planning.plan import Plan
-from reefmap.sources import urls
+from reefmap.sources import clear_chunk_cache, urls
 from reefmap.store.format import TileState
 
 
@@ -29,8 +29,11 @@ def submit_bounded(groups: Iterable[np.ndarray], plan: Plan, job: TileJob, execu
     which the task records itself) fails its tiles only, each marked FAILED in the store with the reason. A
     ``ReefmapError`` (a configuration error: every tile would fail alike) cancels the tasks in flight and is raised.
     ``part_of(group)``: the part of the plan (``cache_order``) a group belongs to: the executor keeps a part on one
-    worker, whose source-chunk cache then serves the halo'd windows of neighbouring tiles.
+    worker, whose source-chunk cache then serves the halo'd windows of neighbouring tiles. The caches start empty
+    (here and on the executor's workers): a run's tiles share decoded source blocks, never an earlier run's, so a
+    source rewritten in place since then is read afresh.
     """
+    clear_chunk_cache(getattr(executor, "client", None))
     pending: dict = {}  # future -> its tile indices
     it = iter(groups)
     token = plan.token

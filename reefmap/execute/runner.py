@@ -217,7 +217,6 @@ def execute(plan: Plan, job: TileJob, store: MapStore, executor: InProcess | Dis
             return execute(plan, job, store, ex, options, stop=stop, on_outcome=on_outcome, states=states,
                            damaged=damaged)
     t0 = time.perf_counter()
-    clear_chunk_cache(getattr(executor, "client", None))  # this run's tiles share decoded blocks, never older ones
     damaged = dict(damaged or {})
     if states is None:
         states, damaged = states_for_run(store, full=options.verify)
