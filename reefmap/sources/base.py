@@ -218,7 +218,7 @@ def reset_read_stats(client=None) -> None:
     (in this process, and on ``client``'s workers)."""
     global _STATS
     _STATS = ReadStats()
-    _CHUNKS.clear()
+    clear_chunk_cache()
     if client is not None:
         client.run(reset_read_stats)
 
