@@ -193,18 +193,18 @@ def test_a_stop_before_the_first_submit_computes_nothing(zarr_mosaic, random_bun
 
 def test_a_lost_task_fails_only_its_tiles_and_a_config_error_stops_the_run(zarr_mosaic, random_bundle, tmp_path,
                                                                            monkeypatch):
-    import reefmap.execute.executors as executors  # where the in-process executor finds run_tiles
+    import reefmap.execute.executors as executors  # where the in-process executor finds its steps
 
     path, _ = zarr_mosaic
     plan, job, store = prepare(open_mosaic(str(path)), random_bundle.path, tmp_path / "m.zarr", tile=128)
-    real = executors.run_tiles
+    real = executors.read_tiles
 
     def flaky(job, tasks):
         if tuple(tasks[0].index) == (1, 2):
             raise OSError("worker lost its disk")  # not a tile's own failure: the whole task is lost
         return real(job, tasks)
 
-    monkeypatch.setattr(executors, "run_tiles", flaky)
+    monkeypatch.setattr(executors, "read_tiles", flaky)
     s = execute(plan, job, store, options=QUIET)
     assert s.failed == 1 and s.computed == plan.count and "worker lost its disk" in s.failures[(1, 2)]
     states = store.states()
@@ -213,14 +213,14 @@ def test_a_lost_task_fails_only_its_tiles_and_a_config_error_stops_the_run(zarr_
     assert states[1, 2] == TileState.FAILED and (states[others] > 0).all() and (states[others] != TileState.FAILED).all()
     assert "task lost: OSError" in store.errors()[(1, 2)]
 
-    monkeypatch.setattr(executors, "run_tiles", real)  # the resume retries the failed tile only
+    monkeypatch.setattr(executors, "read_tiles", real)  # the resume retries the failed tile only
     again = execute(plan, job, store, options=QUIET)
     assert again.computed == 1 and again.failed == 0 and store.states()[1, 2] == TileState.DONE
 
     def misconfigured(job, tasks):
         raise BandMismatch("the mosaic has 4 bands but the model expects 3")
 
-    monkeypatch.setattr(executors, "run_tiles", misconfigured)
+    monkeypatch.setattr(executors, "read_tiles", misconfigured)
     with pytest.raises(BandMismatch):
         execute(plan.__class__(plan.grid, plan.halo, np.ones(tuple(plan.grid.shape), bool)), job,
                 MapStore.create_or_open(tmp_path / "n.zarr", plan.grid, {"model": "x", "halo": 0}, {}), options=QUIET)
@@ -317,7 +317,7 @@ def test_client_means_the_same_in_run_and_run_batch(monkeypatch):
     n = len(launched)
     for client, profile in (("inprocess", "local"), (None, "inprocess")):
         with open_executor(client, profile=profile) as ex:
-            assert isinstance(ex, InProcess) and ex.depth() == 2 and ex.depth(5) == 5
+            assert isinstance(ex, InProcess) and ex.depth() == 2 * ex.io_threads + 2 and ex.depth(5) == 5
     mine = _FakeClient()
     with open_executor(mine, profile="slurm-gpu") as ex:
         assert ex.client is mine
@@ -329,7 +329,7 @@ def test_in_flight_depth_is_the_executors_for_every_run():
 
     cpu = {f"w{i}": {"resources": {}} for i in range(3)}
     gpu = {f"w{i}": {"resources": {"GPU": 1}} for i in range(3)}
-    assert Distributed(_FakeClient(cpu)).depth() == 6 and Distributed(_FakeClient(gpu)).depth() == 12
+    assert Distributed(_FakeClient(cpu)).depth() == 6 and Distributed(_FakeClient(gpu)).depth() == 18
     assert Distributed(_FakeClient({})).depth() == 4 and Distributed(_FakeClient(gpu)).depth(7) == 7
 
 
@@ -415,8 +415,10 @@ def test_on_a_gpu_host_the_default_cluster_is_one_worker_per_gpu_fed_by_threads(
                                                                                  monkeypatch):
     """Two GPUs visible (CUDA_VISIBLE_DEVICES=0,1; there is no GPU here, so torch runs on the CPU in each worker):
     the embedded default launches one worker per GPU, each with its own GPU id and cores/GPUs threads, advertising
-    GPU=1; the runner then pins only the model step to it (read and write are tasks of their own). The map is the
-    in-process map, byte for byte."""
+    GPU=1; the runner then pins only the model step to it (read and write are tasks of their own), two model steps at
+    a time per GPU. The map is the in-process map, byte for byte."""
+    from distributed import get_task_stream
+
     from reefmap.cluster import launch
     from reefmap.cluster.local import gpu_layout
 
@@ -434,12 +436,23 @@ def test_on_a_gpu_host_the_default_cluster_is_one_worker_per_gpu_fed_by_threads(
                                                dict(dask_worker.state.total_resources)))
         assert sorted(v[0] for v in info.values()) == ["0", "1"]
         assert all(v[1] == max(2, (os.cpu_count() or 1) // 2) and v[2] == {"GPU": 1} for v in info.values())
-        summary = run(open_mosaic(str(path)), random_bundle.path, tmp_path / "gpu.zarr", tile=128, client=client,
-                      progress=False)
+        with get_task_stream(client) as ts:
+            summary = run(open_mosaic(str(path)), random_bundle.path, tmp_path / "gpu.zarr", tile=128, client=client,
+                          batch=1, progress=False)
     finally:
         client.close()
         client.cluster.close()
     assert summary.failed == 0 and summary.computed == summary.planned
+    # a model step asks for half a GPU: two at once on a worker (each on its own CUDA stream there); with GPU=1 per
+    # step they never overlapped
+    spans: dict = {}
+    for t in ts.data:
+        if "-predict" in t["key"]:
+            spans.setdefault(t["worker"], []).extend((s["start"], s["stop"]) for s in t["startstops"]
+                                                     if s["action"] == "compute")
+    assert len(spans) == 2
+    pairs = [(a, b) for v in spans.values() for i, a in enumerate(v) for b in v[i + 1:]]
+    assert any(min(a[1], b[1]) - max(a[0], b[0]) > 0.5 * min(a[1] - a[0], b[1] - b[0]) for a, b in pairs)
     run(open_mosaic(str(path)), random_bundle.path, tmp_path / "solo.zarr", tile=128, client="inprocess",
         progress=False)
     for a, b in zip(layers(tmp_path / "gpu.zarr"), layers(tmp_path / "solo.zarr")):

@@ -97,15 +97,14 @@ def predict_blocks(blocks, model, nodata, cores, screen: bool = True, device_pat
         todo.setdefault(block.shape, []).append(i)
     value, has_nodata = kernels.nodata_args(nodata)
     for shape, idxs in todo.items():
-        stack = np.stack([prepared[i][0] for i in idxs])
-        if on_device:
-            layers = model.predict_encoded(stack, value if has_nodata else None,
+        if on_device:  # the raw blocks go to the device as they are (one copy, into pinned memory on CUDA)
+            layers = model.predict_encoded([prepared[i][0] for i in idxs], value if has_nodata else None,
                                            [prepared[i][2].slices for i in idxs], timings)
             for i, (prob, cls) in zip(idxs, layers):
                 results[i] = (prob, cls, TileState.DONE)
             clock.lap(None)
             continue
-        probs = model.predict(stack)
+        probs = model.predict(np.stack([prepared[i][0] for i in idxs]))
         clock.lap("model")
         for j, i in enumerate(idxs):
             _, valid, core = prepared[i]

@@ -12,11 +12,12 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Iterator
 
-from reefmap.cluster.local import connected_workers
+from reefmap.cluster.local import connected_workers, visible_gpus
 from reefmap.compute.tiles import predict_tiles, read_tiles, run_tiles, write_tiles
 
 log = logging.getLogger("reefmap.execute")
@@ -26,29 +27,117 @@ INPROCESS = "inprocess"
 
 
 class InProcess:
-    """A thread of this process (torch uses the cores inside it); no dask. A context manager: on exit it waits
-    for the group running now (groups not started are dropped when their futures are cancelled)."""
+    """Threads of this process (no dask): each group of tiles goes through a three-stage pipeline, its read on a
+    reader thread, its model step on the model thread(s), its write and marks on a writer thread, so that the next
+    groups are read and the previous ones written while the model computes (a GPU is fed while the host decodes and
+    encodes; on a CPU the I/O overlaps torch's threads). A group's steps run in order and its state is written
+    after its pixels, as everywhere; the model step runs ``model_slots`` at a time (1 on a CPU, where torch takes the
+    cores; 2 on a CUDA model, each call on its own stream, so that one call's host work overlaps the other's
+    kernels). ``io_threads``: reader threads and writer threads each (default: ``io_threads_default()``).
 
-    def __init__(self):
-        self.pool = ThreadPoolExecutor(1)
+    A context manager: on exit it waits for the groups already started (groups not started are dropped when their
+    futures are cancelled, as ``submit_bounded`` does on an error)."""
+
+    #: parts of a plan to keep on one worker each (``cache_order``)
+    parts = 1
+
+    def __init__(self, io_threads: int | None = None, model_slots: int | None = None):
+        self.io_threads = io_threads or io_threads_default()
+        self.model_slots = model_slots
+        self.readers = ThreadPoolExecutor(self.io_threads, thread_name_prefix="reefmap-read")
+        self.writers = ThreadPoolExecutor(self.io_threads, thread_name_prefix="reefmap-write")
+        self.model: ThreadPoolExecutor | None = None  # sized by the first job (its device)
+        self.lock = threading.Lock()
+        self.started: set[Future] = set()
 
     def __enter__(self) -> InProcess:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.pool.shutdown()
+        while True:  # a group started meanwhile is waited for too
+            with self.lock:
+                running = list(self.started)
+            if not running:
+                break
+            wait(running)
+        for pool in (self.readers, self.model, self.writers):
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
 
     def depth(self, max_in_flight: int | None = None) -> int:
-        return max_in_flight or 2  # one group computing, the next one queued
+        """Groups in flight: enough that the readers and writers are busy and the model always has one waiting."""
+        return max_in_flight or 2 * self.io_threads + (self.model_slots or 1) + 1
 
-    #: parts of a plan to keep on one worker each (``cache_order``)
-    parts = 1
+    def submit(self, job, tasks, key: str, part: int | None = None) -> Future:
+        """A future of the group's ``TileOutcome`` list: read → model → write, each step on its threads."""
+        if self.model is None:
+            with self.lock:
+                if self.model is None:
+                    device = job.device if job.device is not None else ("cuda" if visible_gpus() else "cpu")
+                    self.model_slots = self.model_slots or model_slots(job, str(device).startswith("cuda"))
+                    self.model = ThreadPoolExecutor(self.model_slots, thread_name_prefix="reefmap-model")
+        out: Future = Future()
 
-    def submit(self, job, tasks, key: str, part: int | None = None):
-        return self.pool.submit(run_tiles, job, tasks)
+        def then(pool, fn, *args, nxt=None):
+            def step():
+                try:
+                    r = fn(*args)
+                except BaseException as e:
+                    self._finish(out, error=e)
+                    return
+                if nxt is None:
+                    self._finish(out, result=r)
+                else:
+                    nxt(r)
+
+            try:
+                pool.submit(step)
+            except RuntimeError as e:  # the executor is closing
+                self._finish(out, error=e)
+
+        def read():
+            with self.lock:
+                if not out.set_running_or_notify_cancel():
+                    return  # cancelled before it started
+                self.started.add(out)
+            try:
+                batch = read_tiles(job, tasks)
+            except BaseException as e:
+                self._finish(out, error=e)
+                return
+            then(self.model, predict_tiles, job, batch,
+                 nxt=lambda b: then(self.writers, write_tiles, job, b))
+
+        self.readers.submit(read)
+        return out
+
+    def _finish(self, out: Future, result=None, error: BaseException | None = None) -> None:
+        if error is not None:
+            out.set_exception(error)
+        else:
+            out.set_result(result)
+        with self.lock:
+            self.started.discard(out)
 
     def wait_one(self, futures):
         return next(iter(wait(futures, return_when=FIRST_COMPLETED).done))
+
+
+def io_threads_default() -> int:
+    """Reader (and writer) threads of the in-process pipeline: a quarter of the cores, 2 to 8."""
+    return max(2, min(8, (os.cpu_count() or 1) // 4))
+
+
+def model_slots(job, gpu: bool) -> int:
+    """Model steps at once in one process: on a GPU (``gpu``) 2, each on its own CUDA stream, so that one step's host
+    work (copies into pinned memory, launching kernels, unpacking results) overlaps the other's kernels; 1 for a
+    compiled network (``torch.compile`` compiles on the first call: one at a time) and on a CPU, where one step's
+    torch threads take the cores."""
+    return GPU_MODEL_SLOTS if gpu and not job.compile else 1
+
+
+#: model steps at once per GPU (``model_slots``)
+GPU_MODEL_SLOTS = 2
 
 
 class Distributed:
@@ -56,7 +145,8 @@ class Distributed:
 
     On GPU workers (the cluster advertises ``--resources GPU=1``; asked again while none has joined, see
     :class:`GpuPinning`) a group is three tasks: only the model step holds the GPU, reads and writes run on the
-    worker's other threads meanwhile (the scheduler keeps the three steps on one worker: the data is there).
+    worker's other threads meanwhile (the scheduler keeps the three steps on one worker: the data is there). A model
+    step asks for ``1 / model_slots`` of a GPU: two run at once on a GPU worker, each on its own CUDA stream.
     """
 
     def __init__(self, client):
@@ -68,8 +158,8 @@ class Distributed:
         self.parts = max(1, len(self.addresses))
 
     def depth(self, max_in_flight: int | None = None) -> int:
-        # GPU workers take more groups at once: the next ones read while one predicts and others write
-        return max_in_flight or max(4, (4 if self.gpu.pinned else 2) * self.workers)
+        # GPU workers take more groups at once: the next ones read while two predict and others write
+        return max_in_flight or max(4, (6 if self.gpu.pinned else 2) * self.workers)
 
     def submit(self, job, tasks, key: str, part: int | None = None):
         """``part``: the part of the plan (``cache_order``) the tiles belong to; each part prefers one worker (its
@@ -81,7 +171,8 @@ class Distributed:
         if resources is None:
             return client.submit(run_tiles, job, tasks, key=key, pure=False, **where)
         read = client.submit(read_tiles, job, tasks, key=key + "-read", pure=False, **where)
-        pred = client.submit(predict_tiles, job, read, key=key + "-predict", pure=False, resources=resources)
+        share = {k: v / model_slots(job, gpu=True) for k, v in resources.items()}
+        pred = client.submit(predict_tiles, job, read, key=key + "-predict", pure=False, resources=share)
         return client.submit(write_tiles, job, pred, key=key, pure=False)
 
     def wait_one(self, futures):

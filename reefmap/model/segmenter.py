@@ -8,8 +8,10 @@ float32 probabilities for the numba kernels of the CPU path. torch is imported o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -91,22 +93,26 @@ class TorchSegmenter:
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
             return torch.cat([self.probabilities(t[i:i + 1]) for i in range(len(t))]).cpu().numpy()
 
-    def predict_encoded(self, blocks: np.ndarray, nodata: float | None, cores, timings: dict | None = None) -> list:
-        """The device path ("uint8 in, uint8 out"): raw same-shaped blocks ``(batch, band, y, x)`` (the source dtype)
-        → per block ``(reef_probability u8, classification u8)`` of its core ``(row slice, col slice)``.
+    def predict_encoded(self, blocks, nodata: float | None, cores, timings: dict | None = None) -> list:
+        """The device path ("uint8 in, uint8 out"): raw same-shaped blocks ``(band, y, x)`` (the source dtype; a list
+        or a stacked array) → per block ``(reef_probability u8, classification u8)`` of its core ``(row slice, col
+        slice)``.
 
         The host sends the raw values and receives two bytes per core pixel: normalisation and the nodata mask
         (``device_normalize``), the network, softmax and the encoding (``device_encode``) run on ``self.device``,
-        with the same arithmetic as the numba kernels of the CPU path (byte-identical results). On CUDA the copies
-        go through pinned host memory without blocking. ``nodata``: the input's nodata value, None for none.
-        ``timings`` (optional) gets the seconds of each step added: h2d, normalize, model, encode, d2h."""
+        with the same arithmetic as the numba kernels of the CPU path (byte-identical results). On CUDA the blocks
+        are copied once, into one pinned host buffer, and everything runs on this thread's own CUDA stream
+        (``stream_of``): several threads may call this at once (the model steps of a GPU worker), each waiting only
+        for its own work, so one call's host work overlaps another's kernels. ``nodata``: the input's nodata value,
+        None for none. ``timings`` (optional) gets the seconds of each step added: h2d, normalize, model, encode,
+        d2h (each waits for its work on the stream)."""
         torch = self._torch
         cuda = self.device.type == "cuda"
-        clock = StepClock(timings, (lambda: torch.cuda.synchronize(self.device)) if cuda else None)
+        stream = stream_of(self.device)
+        clock = StepClock(timings, stream.synchronize if cuda else None)
         meta = self.meta
-        with torch.inference_mode():
-            host = torch.from_numpy(np.ascontiguousarray(blocks))
-            raw = (host.pin_memory() if cuda else host).to(self.device, non_blocking=cuda)
+        with torch.inference_mode(), (torch.cuda.stream(stream) if cuda else contextlib.nullcontext()):
+            raw = to_device(blocks, self.device)
             clock.lap("h2d")
             x, valid = device_normalize(raw, meta.kernel_scaling(), nodata, meta.valid_range)
             clock.lap("normalize")
@@ -120,8 +126,43 @@ class TorchSegmenter:
             for c in cropped:
                 h = torch.empty(c.shape, dtype=torch.uint8, pin_memory=cuda)
                 out.append(h.copy_(c, non_blocking=cuda))
-            clock.lap("d2h")  # synchronises on CUDA: the pinned buffers are complete
+            if cuda:
+                stream.synchronize()  # the pinned buffers are complete
+            clock.lap("d2h")
         return [(h[0].numpy(), h[1].numpy()) for h in out]
+
+
+#: each thread's CUDA stream per device (``stream_of``)
+_STREAMS = threading.local()
+
+
+def stream_of(device):
+    """This thread's own CUDA stream on ``device`` (made on first use, kept for the thread's life); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    streams = _STREAMS.__dict__.setdefault("by_device", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device)
+    return streams[device]
+
+
+def to_device(blocks, device):
+    """Same-shaped raw host blocks → one ``(batch, band, y, x)`` tensor on ``device``, in their dtype. To CUDA: copied
+    once, straight into one pinned host buffer, then sent without blocking (on the current stream); elsewhere: one
+    stacked array, shared with torch."""
+    import torch
+
+    if device.type != "cuda":
+        return torch.from_numpy(np.ascontiguousarray(np.stack(blocks) if isinstance(blocks, list) else blocks))
+    first = blocks[0]
+    dtype = torch.from_numpy(np.empty(0, first.dtype)).dtype
+    host = torch.empty((len(blocks), *first.shape), dtype=dtype, pin_memory=True)
+    view = host.numpy()
+    for i, b in enumerate(blocks):
+        view[i] = b
+    return host.to(device, non_blocking=True)
 
 
 class StepClock:
