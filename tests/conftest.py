@@ -15,6 +15,14 @@ SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
 
 
+def torch_devices() -> list[str]:
+    """The devices the device-path tests run on: the CPU, and CUDA where torch sees a GPU (on a GPU machine the same
+    tests then check the CUDA path: streams, pinned memory, the kernels' bytes)."""
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 def shared_data(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test when that folder is absent (a clone elsewhere)."""
     p = SHARED_DATA.joinpath(*parts)

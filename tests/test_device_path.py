@@ -17,6 +17,7 @@ from reefmap.errors import InvalidParameter, StoreMismatch
 from reefmap.execute.runner import RunOptions, execute, prepare
 from reefmap.geometry.grid import Window
 from reefmap.model.segmenter import device_encode, device_normalize, load_model
+from conftest import torch_devices
 
 VALID = (0.0, 250.0)  # uint8 values 251-255 are out of range too
 SCALING = ((100.0, 40.0, -np.inf, np.inf), (0.0, 3.0, -np.inf, np.inf), (0.0, 1.0, 20.0, 200.0))  # z-score, scale, clip
@@ -36,12 +37,14 @@ def raw_block(rng, dtype, shape=(3, 40, 56)):
     return b
 
 
+@pytest.mark.parametrize("device", torch_devices())
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
 @pytest.mark.parametrize("nodata", [0, None])
-def test_device_normalize_gives_the_kernels_bytes(dtype, nodata):
+def test_device_normalize_gives_the_kernels_bytes(dtype, nodata, device):
     rng = np.random.default_rng(4)
     blocks = np.stack([raw_block(rng, dtype) for _ in range(2)])
-    x, valid = device_normalize(torch.from_numpy(blocks), SCALING, nodata, VALID)
+    x, valid = device_normalize(torch.from_numpy(blocks).to(device), SCALING, nodata, VALID)
+    x, valid = x.cpu(), valid.cpu()
     assert x.dtype == torch.float32 and valid.dtype == torch.bool
     for i in range(2):
         want_x, want_valid = kernels.normalize(blocks[i], SCALING, nodata, VALID)
@@ -68,7 +71,8 @@ def boundary_probs():
     return np.array(out, np.float32).T.reshape(3, 1, -1)
 
 
-def test_device_encode_gives_the_kernels_bytes_at_rounding_boundaries_and_ties():
+@pytest.mark.parametrize("device", torch_devices())
+def test_device_encode_gives_the_kernels_bytes_at_rounding_boundaries_and_ties(device):
     rng = np.random.default_rng(2)
     probs = rng.random((5, 30, 40)).astype(np.float32)
     probs /= probs.sum(0)
@@ -78,22 +82,27 @@ def test_device_encode_gives_the_kernels_bytes_at_rounding_boundaries_and_ties()
     codes = (1, 2, 3, 4, 5)
     for reef in ((2,), (1, 3), ()):
         want = kernels.encode(probs, valid, reef, codes)
-        got = device_encode(torch.from_numpy(probs)[None], torch.from_numpy(valid.astype(bool))[None], reef, codes)
-        assert [g[0].numpy().tobytes() for g in got] == [w.tobytes() for w in want]
+        got = device_encode(torch.from_numpy(probs)[None].to(device), torch.from_numpy(valid.astype(bool))[None].to(device),
+                            reef, codes)
+        assert [g[0].cpu().numpy().tobytes() for g in got] == [w.tobytes() for w in want]
     edge = boundary_probs()
     ones = np.ones(edge.shape[1:], np.uint8)
     want = kernels.encode(edge, ones, (0, 1), (1, 2, 3))
-    got = device_encode(torch.from_numpy(edge)[None], torch.ones((1, *edge.shape[1:]), dtype=torch.bool), (0, 1), (1, 2, 3))
-    assert got[0][0].numpy().tobytes() == want[0].tobytes()
+    got = device_encode(torch.from_numpy(edge)[None].to(device), torch.ones((1, *edge.shape[1:]), dtype=torch.bool,
+                        device=device), (0, 1), (1, 2, 3))
+    assert got[0][0].cpu().numpy().tobytes() == want[0].tobytes()
     as64 = np.floor((edge[0].astype(np.float64) + edge[1]) * 250 + 0.5)
     assert (as64 != want[0]).any()  # the cases do tell a float32 sum from a float64 one
 
 
+@pytest.mark.parametrize("device", torch_devices())
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_predict_blocks_on_the_device_path_equals_the_numba_path(random_bundle, memory_mosaic, precision):
+def test_predict_blocks_on_the_device_path_equals_the_numba_path(random_bundle, memory_mosaic, precision, device):
+    """The same network on the same device, with the numba kernels on the host around it or everything on the
+    device: the same bytes."""
     _, arr = memory_mosaic
-    model = load_model(random_bundle, device="cpu", precision=precision)
-    assert not uses_device_path(model) and uses_device_path(model, True)
+    model = load_model(random_bundle, device=device, precision=precision)
+    assert uses_device_path(model) == (device == "cuda") and uses_device_path(model, True)
     blocks = [np.ascontiguousarray(arr[:, r:r + 200, c:c + 264]) for r, c in ((250, 250), (0, 0), (400, 600), (100, 500))]
     blocks[2][1, 50:60, 40:90] = 0  # one band at nodata: valid; all bands: nodata
     blocks[3][:, 30:80, 20:70] = 0
@@ -110,7 +119,8 @@ def test_predict_blocks_on_the_device_path_equals_the_numba_path(random_bundle, 
     assert (dev[3][1][30:80, 20:70] == 0).all() and (dev[3][0][30:80, 20:70] == 255).all()
 
 
-def test_a_blocks_probabilities_do_not_depend_on_the_other_blocks_of_its_batch(tmp_path):
+@pytest.mark.parametrize("device", torch_devices())
+def test_a_blocks_probabilities_do_not_depend_on_the_other_blocks_of_its_batch(tmp_path, device):
     """On this CPU a batched ResNet-34 UNet forward is not per-sample exact (batch 1 vs 8: 1.5e-8 apart); the
     segmenter passes each block alone, so a block's probabilities are the same bits in any company."""
     from reefmap.model.architectures import analytic_receptive_radius, build_network
@@ -122,7 +132,7 @@ def test_a_blocks_probabilities_do_not_depend_on_the_other_blocks_of_its_batch(t
     meta = {"name": "resnet-random", "architecture": arch, "bands": ["red", "green", "blue"], "mean": [100.0] * 3,
             "std": [40.0] * 3, "valid_range": [0.0, 255.0], "classes": list(CLASS_NAMES),
             "receptive_radius": analytic_receptive_radius(arch), "halo": 544, "size_multiple": 32}
-    model = load_model(save_bundle(tmp_path / "resnet", net, meta), device="cpu")
+    model = load_model(save_bundle(tmp_path / "resnet", net, meta), device=device)
     x = torch.randn(6, 3, 64, 96).numpy()
     together = model.predict(x)
     assert all(together[i].tobytes() == model.predict(x[i:i + 1])[0].tobytes() for i in range(6))
@@ -154,17 +164,19 @@ def small_mosaic(memory_mosaic):
     reader.release()
 
 
-def compute_map(mosaic, bundle, out, *, batch, device_path=None, precision="fp32"):
+def compute_map(mosaic, bundle, out, *, batch, device_path=None, precision="fp32", device=None):
     plan, job, store = prepare(mosaic, bundle.path, out, tile=128, precision=precision)
-    job = dataclasses.replace(job, device_path=device_path)
+    job = dataclasses.replace(job, device_path=device_path, device=device)
     s = execute(plan, job, store, None, RunOptions(batch=batch, progress=False))
     assert s.failed == 0 and s.done >= 8 and s.planned == 12
     return store
 
 
-def test_a_map_is_byte_identical_with_batch_1_and_8_on_either_path(small_mosaic, random_bundle, tmp_path):
+@pytest.mark.parametrize("device", torch_devices())
+def test_a_map_is_byte_identical_with_batch_1_and_8_on_either_path(small_mosaic, random_bundle, tmp_path, device):
     mosaic = small_mosaic
-    maps = {(b, p): map_bytes(compute_map(mosaic, random_bundle, tmp_path / f"b{b}-{p}.zarr", batch=b, device_path=p))
+    maps = {(b, p): map_bytes(compute_map(mosaic, random_bundle, tmp_path / f"b{b}-{p}.zarr", batch=b, device_path=p,
+                                          device=device))
             for b in (1, 8) for p in (False, True)}
     first = maps[(1, False)]
     assert all(m == first for m in maps.values())

@@ -21,6 +21,7 @@ from reefmap.planning.plan import plan_tiles
 from reefmap.sources import open_mosaic
 from reefmap.sources.base import reader_of
 from reefmap.store.mapstore import MapStore
+from conftest import torch_devices
 
 
 def layer_bytes(path) -> dict:
@@ -134,10 +135,11 @@ def test_model_slots_two_per_gpu_one_on_a_cpu_or_compiling(random_bundle):
         assert ex.depth() == 3 * 2 + 1 + 1 and ex.depth(5) == 5
 
 
-def test_the_device_path_from_two_threads_at_once_gives_each_call_its_own_bytes(random_bundle):
+@pytest.mark.parametrize("device", torch_devices())
+def test_the_device_path_from_two_threads_at_once_gives_each_call_its_own_bytes(random_bundle, device):
     """Two model steps at once (a GPU worker's two slots) share one segmenter: on CPU tensors here, the same code as
     on a GPU, where each thread has its own CUDA stream."""
-    model = load_model(random_bundle.path, device="cpu")
+    model = load_model(random_bundle.path, device=device)
     rng = np.random.default_rng(4)
     batches = [rng.integers(1, 256, (3, 3, 72, 88)).astype(np.uint8) for _ in range(6)]
     cores = [(slice(4, 68), slice(4, 84))] * 3
