@@ -42,7 +42,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--tile", type=int, default=1024)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="LocalCluster workers; threads in-process")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="on a CPU: LocalCluster workers, and torch threads in-process (on a GPU host the cluster is "
+                         "the embedded default: one worker per GPU)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when torch sees one)")
     ap.add_argument("--batch", type=int, default=4, help="tiles per task / per predict_blocks call")
     ap.add_argument("--ceiling-batch", type=int, default=16)
@@ -177,7 +179,8 @@ def bench_model(model_name, bundle, src, device, a, work, say) -> dict:
         res["pipeline_cluster_mpx_s"] = round(mpx / t_lc, 3)
         res["read_amplification_cluster"] = reads_lc["read_amplification"]
         res["reads"]["cluster"] = reads_lc
-        lines.append((f"pipeline, embedded default LocalCluster ({a.workers} workers)", mpx / t_lc, f"{s_lc.done} tiles"))
+        layout = "one worker per GPU" if device.startswith("cuda") else f"{a.workers} workers"
+        lines.append((f"pipeline, embedded default LocalCluster ({layout})", mpx / t_lc, f"{s_lc.done} tiles"))
     for label, v, note in lines:
         say(f"  {label:58s} {v:9.3f} Mpx/s  {v / ceil:6.2f} × ceiling  {v / bare:5.2f} × bare  {note}")
     if device == "cpu":
@@ -282,14 +285,17 @@ def pipeline(kind, mosaic, bundle, device, a, base: Path):
             return rounds(ex)
     from reefmap.cluster import launch
 
-    os.environ["REEFMAP_INFERENCE_THREADS"] = "1"  # workers inherit it: workers x 1 thread = the bare model's threads
+    gpu = device.startswith("cuda")
+    if not gpu:  # workers inherit it: workers x 1 thread = the bare model's threads
+        os.environ["REEFMAP_INFERENCE_THREADS"] = "1"
     with contextlib.redirect_stdout(sys.stderr):  # its dashboard line: stdout is for --json
-        client = launch("local", a.workers)
+        # on a GPU host exactly what `reefmap run` launches (one worker per GPU fed by threads); on a CPU --workers
+        client = launch("local") if gpu else launch("local", a.workers)
     try:
         return rounds(Distributed(client))
     finally:
         client.shutdown()
-        os.environ.pop("REEFMAP_INFERENCE_THREADS")
+        os.environ.pop("REEFMAP_INFERENCE_THREADS", None)
 
 
 def per_tile_ms(seconds: dict, tiles: int) -> dict:

@@ -40,6 +40,7 @@ class LRUCache(Generic[V]):
         self._data: OrderedDict[Hashable, V] = OrderedDict()
         self._total = 0
         self._lock = threading.Lock()
+        self._making: dict[Hashable, list] = {}  # key -> [its lock, threads using it]: one maker per key
         _REGISTRY[name] = self
 
     def _weigh(self, value: V) -> int:
@@ -69,9 +70,30 @@ class LRUCache(Generic[V]):
             return value
 
     def get_or_create(self, key: Hashable, make: Callable[[], V]) -> V:
-        """The cached value, or ``make()`` stored (built outside the lock; the first one stored wins)."""
+        """The cached value, or ``make()`` stored. One thread makes a given key at a time: the others asking for it
+        meanwhile wait and take its value (threads reading neighbouring tiles decode a shared source chunk once;
+        two model steps load a model once); other keys are made meanwhile."""
+        return self.get_or_make(key, make)[0]
+
+    def get_or_make(self, key: Hashable, make: Callable[[], V]) -> tuple[V, bool]:
+        """``get_or_create``, and whether this call made the value."""
         v = self.get(key)
-        return v if v is not None else self.put(key, make(), keep_first=True)
+        if v is not None:
+            return v, False
+        with self._lock:
+            making = self._making.setdefault(key, [threading.Lock(), 0])
+            making[1] += 1
+        try:
+            with making[0]:
+                v = self.get(key)
+                if v is not None:
+                    return v, False
+                return self.put(key, make(), keep_first=True), True
+        finally:
+            with self._lock:
+                making[1] -= 1
+                if not making[1]:
+                    self._making.pop(key, None)
 
     def pop(self, key: Hashable) -> None:
         with self._lock:

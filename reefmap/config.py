@@ -84,7 +84,7 @@ class RunConfig:
     workers: int | None = None
     crs: str | None = None
     screen: bool = True
-    batch: int | None = None  #: tiles per task; None: 1 on local disk, REMOTE_BATCH on a remote store (run())
+    batch: int | None = None  #: tiles per task; None: runner.default_batch (4 on a remote store or a GPU host, else 1)
     bands: Any = None  #: mosaic bands for the model's: "red=3,green=2,blue=1", "B04,B03,B02", a list or a mapping
     precision: str = "fp32"
     compile: bool = False

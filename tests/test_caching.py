@@ -29,7 +29,34 @@ def test_lru_drops_the_least_recently_used_and_keeps_the_first_of_a_race():
         t.start()
     for t in threads:
         t.join()
-    assert len({id(g) for g in got}) == 1  # however many were built, every caller got the one cached
+    assert len({id(g) for g in got}) == 1 and len(made) == 1  # one thread made it, every caller got that one
+
+
+def test_one_thread_makes_a_key_while_other_keys_are_made_meanwhile():
+    """Threads asking for a key being made wait for it (a source chunk is decoded once, not by every reader
+    thread that needs it); a key of its own is not held up."""
+    c = LRUCache("test-single-flight", 10)
+    started, release = threading.Event(), threading.Event()
+    calls = []
+
+    def slow():
+        calls.append("slow")
+        started.set()
+        release.wait(5)
+        return "chunk"
+
+    results = []
+    first = threading.Thread(target=lambda: results.append(c.get_or_make("k", slow)))
+    first.start()
+    started.wait(5)
+    others = [threading.Thread(target=lambda: results.append(c.get_or_make("k", slow))) for _ in range(3)]
+    for t in others:
+        t.start()
+    assert c.get_or_make("other", lambda: "x") == ("x", True)  # not blocked by the key being made
+    release.set()
+    for t in (first, *others):
+        t.join()
+    assert calls == ["slow"] and sorted(results) == [("chunk", False)] * 3 + [("chunk", True)]
 
 
 def test_a_cache_bounded_in_bytes_keeps_what_fits():

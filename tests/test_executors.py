@@ -149,3 +149,15 @@ def test_the_device_path_from_two_threads_at_once_gives_each_call_its_own_bytes(
     for a, t in zip(alone, together):
         for (pa, ca), (pt, ct) in zip(a, t):
             assert pa.tobytes() == pt.tobytes() and ca.tobytes() == ct.tobytes()
+
+
+def test_tiles_per_task_default_to_four_on_a_gpu_or_a_remote_map(monkeypatch):
+    from reefmap.execute.runner import GPU_BATCH, REMOTE_BATCH, default_batch
+
+    assert GPU_BATCH == REMOTE_BATCH == 4
+    assert default_batch("/data/map.zarr", "cpu") == 1 and default_batch("gs://bucket/map.zarr", "cpu") == 4
+    assert default_batch("/data/map.zarr", "cuda:1") == 4
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the device left to torch: a GPU is visible
+    assert default_batch("/data/map.zarr") == 4
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert default_batch("/data/map.zarr") == 1

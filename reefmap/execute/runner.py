@@ -20,6 +20,7 @@ from reefmap.checks import precision as check_precision
 from reefmap.compute.tiles import TileJob
 from reefmap.config import RunConfig
 from reefmap.errors import InvalidParameter, StoreMismatch, TileFailures
+from reefmap.cluster.local import visible_gpus
 from reefmap.execute.executors import INPROCESS, Distributed, InProcess, open_executor
 from reefmap.execute.loop import chain, store_writes, submit_bounded
 from reefmap.execute.progress import RunProgress
@@ -37,9 +38,17 @@ log = logging.getLogger("reefmap.execute")
 
 #: the default tile (Zarr chunk) size in pixels
 DEFAULT_TILE = 1024
-#: tiles per task on a remote store by default: their chunks go up in one concurrent round and their states in one
-#: write, instead of a round trip per tile
-REMOTE_BATCH = 4
+#: tiles per task by default on a remote store (their chunks go up in one concurrent round and their states in one
+#: write, instead of a round trip per tile) and on a host with GPUs (a task's model step copies its tiles to the
+#: device at once, and the scheduler handles a quarter of the tasks)
+REMOTE_BATCH = GPU_BATCH = 4
+
+
+def default_batch(out, device: str | None = None) -> int:
+    """Tiles per task when a run does not say: ``REMOTE_BATCH`` for a remote map, ``GPU_BATCH`` where the model runs
+    on a GPU (``device``, or None: any GPU visible on this host), else 1."""
+    gpu = str(device).startswith("cuda") if device is not None else bool(visible_gpus())
+    return REMOTE_BATCH if not urls.is_local(out) else GPU_BATCH if gpu else 1
 
 
 @dataclass(frozen=True)
@@ -294,8 +303,8 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     :func:`prepare`). Finished tiles are skipped after a cheap check that their chunks are there (existence and size;
     ``verify=True``: their checksums too, reading them): damaged ones are recomputed and listed in the summary's
     ``damaged``. ``batch``: tiles per task (their same-shaped blocks go to the device together, their states are
-    recorded in one write); None: 1 on local disk, ``REMOTE_BATCH`` on a remote store (gs://, s3://, ...), where each
-    write is a round trip. ``precision``
+    recorded in one write); None: :func:`default_batch` (4 on a remote store, where each write is a round trip, and on
+    a host with GPUs; else 1). ``precision``
     (``"fp32"``, ``"bf16"``, ``"fp16"``) and ``compile`` (``torch.compile``): the model's numerics, recorded in the
     map's provenance and identity (a map is never a mix of precisions). A tile's bytes do not depend on ``batch``.
 
@@ -307,7 +316,7 @@ def run(mosaic, model=None, out=None, *, bbox=None, bbox_crs="EPSG:4326", tile: 
     plan, job, store = prepare(mosaic, model, out, bbox=bbox, bbox_crs=bbox_crs, tile=tile, halo=halo, screen=screen,
                                storage_options=storage_options, allow_new_sources=allow_new_sources, bands=bands,
                                precision=precision, compile=compile)
-    batch = positive_int("batch", batch) if batch is not None else (1 if urls.is_local(out) else REMOTE_BATCH)
+    batch = positive_int("batch", batch) if batch is not None else default_batch(out, job.device)
     options = RunOptions(batch=batch, max_in_flight=max_in_flight, progress=progress, verify=verify)
     states, damaged = states_for_run(store, full=verify)  # finished tiles checked: damaged ones count as pending
     left = int(plan.remaining(is_finished(states)).sum())

@@ -267,10 +267,8 @@ class ReaderBase:
                 _CHUNKS.resize(budget)
             try:
                 for key, bw in self._blocks(inside, bands):
-                    data = _CHUNKS.get(key)
-                    _STATS.count(key, _nbytes(self, bw, nb), data is None)
-                    if data is None:
-                        data = _CHUNKS.put(key, self._read_bands_inside(bw, bands), keep_first=True)
+                    data, decoded = _CHUNKS.get_or_make(key, lambda: self._read_bands_inside(bw, bands))
+                    _STATS.count(key, _nbytes(self, bw, nb), decoded)
                     part = bw.intersect(inside)
                     out[(slice(None), *part.relative_to(window).slices)] = data[(slice(None), *part.relative_to(bw).slices)]
                 return out
