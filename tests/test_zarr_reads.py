@@ -4,6 +4,7 @@ only where the store is laid out simply, and a damaged chunk still fails only th
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 
 import numpy as np
@@ -14,7 +15,7 @@ import zarr
 from affine import Affine
 
 from reefmap.caching import clear_caches
-from reefmap.errors import CorruptSource
+from reefmap.errors import CorruptSource, SourceNotFound
 from reefmap.geometry.grid import Window
 from reefmap.options import set_options
 from reefmap.planning.plan import plan_tiles
@@ -93,6 +94,10 @@ def test_a_missing_chunk_reads_as_the_fill_value(tmp_path):
     assert (got == 7).all()
     np.testing.assert_array_equal(got, zarr.open_group(store, mode="r")["image"][:, 64:128, 256:300])
     np.testing.assert_array_equal(r.read(Window(0, 64, 256, 300)), data[:, :64, 256:300])  # its neighbour
+    shutil.rmtree(store)  # a store gone is not a store of missing chunks
+    clear_caches()
+    with pytest.raises(SourceNotFound, match="disappeared while reading window"):
+        r.read(Window(0, 64, 0, 64))
 
 
 @pytest.mark.parametrize("layout", ["gzip", "blosc", "sharded"])
