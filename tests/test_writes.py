@@ -19,7 +19,8 @@ from affine import Affine
 from reefmap.geometry.grid import GeoBox, Shape
 from reefmap.planning.plan import plan_tiles
 from reefmap.store.format import DATA_VARS, TileState
-from reefmap.store.mapstore import MapStore, raw_layout
+from reefmap.store.mapstore import MapStore
+from reefmap.zarrchunks import raw_layout
 
 PLAN = plan_tiles(GeoBox(Shape(150, 100), Affine(10.0, 0, 0, 0, -10.0, 0), "EPSG:32618"), 64, 0)  # 3 x 2, edges
 

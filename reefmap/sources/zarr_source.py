@@ -2,15 +2,22 @@
 
 The store is a group holding one data variable with dimensions ``(band, y, x)`` and a CF grid-mapping
 variable (``spatial_ref``, written by ``da.rio.write_crs``) that carries the CRS (``crs_wkt`` or
-``spatial_ref`` attribute) and, usually, the affine transform (``GeoTransform``). Pixels are read raw with
-zarr itself — no CF decoding, so a uint8 mosaic stays uint8 (never float with NaN); ``scale_factor`` /
-``add_offset`` attributes are ignored.
+``spatial_ref`` attribute) and, usually, the affine transform (``GeoTransform``). Pixels are read raw — no CF
+decoding, so a uint8 mosaic stays uint8 (never float with NaN); ``scale_factor`` / ``add_offset`` attributes are
+ignored.
+
+A local store laid out simply (``reefmap.zarrchunks.raw_chunks``: Zarr 3, bytes [+ zstd], no sharding) is read
+chunk file by chunk file and decoded in the calling thread, for windows made of whole chunks (the source-chunk
+cache's blocks): zarr-python 3 runs every synchronous read on its one event-loop thread, so the threads of one
+process would otherwise wait for each other. Any other store or window is read through zarr.
 """
 
 from __future__ import annotations
 
 import base64
 import math
+import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -21,6 +28,7 @@ from reefmap.geometry.grid import GeoBox, Shape, Window
 from reefmap.sources import urls
 from reefmap.sources.base import ReaderBase
 from reefmap.sources.memory import coerce_nodata
+from reefmap.zarrchunks import chunk_key, raw_chunks
 
 DIMS = ("band", "y", "x")
 
@@ -30,7 +38,9 @@ class ZarrReader(ReaderBase):
 
     The store's metadata (and the first/last x and y coordinates) are read when the reader is made; the array
     is opened once per reader and a window is just ``array[:, r0:r1, c0:c1]``, read chunk by chunk through the
-    source-chunk cache (``ReaderBase``).
+    source-chunk cache (``ReaderBase``). ``raw`` (a ``RawChunks``; None: always through zarr, as for a remote or
+    not simply laid-out store — setting it to None forces the zarr path) reads windows of whole chunks from the
+    chunk files directly, in the calling thread; ``raw_chunk_reads`` counts the chunk files it decoded.
 
     CRS: from the variable's ``grid_mapping`` variable (default ``spatial_ref``): its ``crs_wkt`` or
     ``spatial_ref`` attribute. Transform: that variable's ``GeoTransform`` attribute when it agrees with the
@@ -56,6 +66,10 @@ class ZarrReader(ReaderBase):
         self.geobox = GeoBox(Shape(ny, nx), transform, crs)
         self.nodata = _nodata_of(arr, attrs, self.dtype, self.url)
         self.band_names = _band_names(group, nb)
+        self.raw = raw_chunks(arr, compressed=None) if urls.is_local(self.url) else None
+        self.raw_chunk_reads = 0
+        self._count_lock = threading.Lock()
+        self._array_dir = os.path.join(urls.local_path(self.url), *arr.path.split("/")) if self.raw is not None else None
 
     def _read_inside(self, window: Window) -> np.ndarray:
         return self._read_bands_inside(window, None)
@@ -64,7 +78,9 @@ class ZarrReader(ReaderBase):
         """Only the chosen bands' chunks are read."""
         r0, r1, c0, c1 = window.to_json()
         try:
-            if bands is None:
+            if self.raw is not None and self._whole_chunks(window):
+                block = self._read_chunk_files(window, bands)
+            elif bands is None:
                 block = self._array[:, r0:r1, c0:c1]
             else:
                 block = self._array.oindex[list(bands), r0:r1, c0:c1]
@@ -77,6 +93,54 @@ class ZarrReader(ReaderBase):
                 "rewrite that part of the store"
             ) from e
         return np.asarray(block, dtype=self.dtype)
+
+    def _whole_chunks(self, window: Window) -> bool:
+        """Whether the in-grid ``window`` is made of whole chunks (edge chunks end at the grid's edge)."""
+        _, cy, cx = self.raw.shape
+        ny, nx = self.geobox.shape
+        return (window.row_start % cy == 0 and window.col_start % cx == 0
+                and (window.row_stop % cy == 0 or window.row_stop == ny)
+                and (window.col_stop % cx == 0 or window.col_stop == nx))
+
+    def _read_chunk_files(self, window: Window, bands: tuple[int, ...] | None) -> np.ndarray:
+        """The chosen bands of a window of whole chunks, each chunk file that holds them read and decoded here
+        (a missing chunk reads as the fill value; stored edge chunks are padded to the full chunk: cropped)."""
+        cb, cy, cx = self.raw.shape
+        picked = list(range(len(self.band_names))) if bands is None else list(bands)
+        by_chunk: dict[int, tuple[list[int], list[int]]] = {}  # band chunk → (positions in the block, in the chunk)
+        for k, b in enumerate(picked):
+            at, within = by_chunk.setdefault(b // cb, ([], []))
+            at.append(k)
+            within.append(b % cb)
+        out = np.empty((len(picked), *window.shape), self.dtype)
+        r0, r1, c0, c1 = window.to_json()
+        for iy in range(r0 // cy, -(-r1 // cy)):
+            h = min(r1, (iy + 1) * cy) - iy * cy
+            for ix in range(c0 // cx, -(-c1 // cx)):
+                w = min(c1, (ix + 1) * cx) - ix * cx
+                rows, cols = slice(iy * cy - r0, iy * cy - r0 + h), slice(ix * cx - c0, ix * cx - c0 + w)
+                for ib, (at, within) in by_chunk.items():
+                    chunk = self._chunk_file((ib, iy, ix))
+                    if chunk is None:
+                        out[_as_index(at), rows, cols] = self.raw.fill
+                    else:
+                        out[_as_index(at), rows, cols] = chunk[_as_index(within), :h, :w]
+        return out
+
+    def _chunk_file(self, coords: tuple[int, int, int]) -> np.ndarray | None:
+        """Chunk ``coords`` decoded (its full stored shape), or None when the store has no such chunk."""
+        path = os.path.join(urls.local_path(self.url), *chunk_key(self._array, coords).split("/"))
+        try:
+            with open(path, "rb") as f:
+                b = f.read()
+        except FileNotFoundError:
+            if not os.path.exists(os.path.join(self._array_dir, "zarr.json")):
+                raise  # the store itself is gone, not just this chunk
+            return None
+        chunk = self.raw.decode(b)
+        with self._count_lock:
+            self.raw_chunk_reads += 1
+        return chunk
 
     def spec(self) -> dict:
         return {"kind": self.kind, "url": self.url, "variable": self.variable,
@@ -94,6 +158,13 @@ class ZarrReader(ReaderBase):
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+
+
+def _as_index(positions: list[int]):
+    """A list of consecutive positions as a slice (a view, not a fancy-index copy); any other list as is."""
+    if positions == list(range(positions[0], positions[0] + len(positions))):
+        return slice(positions[0], positions[0] + len(positions))
+    return positions
 
 
 def _open_group(url: str, storage_options: dict):

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import logging
 import os
 import threading
 import uuid
@@ -46,8 +45,7 @@ from reefmap.store.format import (CLASS_NODATA, DATA_ZSTD_LEVEL, FILL_VALUES, PR
                                   STATE_CODES, STATUS_PATH, STORE_FORMAT, TILES_GROUP, UNFINISHED, DATA_VARS, TileState,
                                   classification_attrs, decode_meta, encode_meta, format_version, is_finished,
                                   scheme_of_meta)
-
-_log = logging.getLogger(__name__)
+from reefmap.zarrchunks import chunk_key, raw_chunks, raw_layout
 
 
 
@@ -453,23 +451,16 @@ class MapStore:
         when the array is not laid out as this store makes it (``raw_layout``)."""
         arr = self.array(name)
         t = arr.chunks
-        codecs = arr.metadata.codecs
-        if not raw_layout(arr, t, np.uint8, compressed=True):
+        raw = raw_chunks(arr, t, np.uint8, compressed=True)
+        if raw is None:
             return None
-        from numcodecs import Zstd
-
-        zstd = Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
-        fill = np.uint8(arr.metadata.fill_value)
 
         def encode(write: Window, a: np.ndarray) -> bytes | None:
             if write.shape.y == t[0] and write.shape.x == t[1]:
-                chunk = np.ascontiguousarray(a, np.uint8)
-            else:  # an edge tile: zarr stores the whole chunk, padded with the fill value
-                chunk = np.full(t, fill, np.uint8)
-                chunk[:write.shape.y, :write.shape.x] = a
-            if not (chunk != fill).any():
-                return None
-            return bytes(zstd.encode(chunk))
+                return raw.encode(a)
+            chunk = np.full(t, raw.fill, np.uint8)  # an edge tile: zarr stores the whole chunk, padded with the fill value
+            chunk[:write.shape.y, :write.shape.x] = a
+            return raw.encode(chunk)
 
         return encode
 
@@ -742,8 +733,7 @@ class MapStore:
 
     def _data_key(self, name: str, tile) -> str:
         arr = self.array(name)
-        coords = (int(tile[0]), int(tile[1]), *([0] * (len(arr.shape) - 2)))
-        return f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}"
+        return chunk_key(arr, (tile[0], tile[1], *([0] * (len(arr.shape) - 2))))
 
     def chunk_bytes(self, name: str, tile) -> bytes | None:
         """The stored (encoded) bytes of tile ``tile``'s chunk of the member ``name``; None when there is none."""
@@ -844,27 +834,6 @@ def _differences(key: str, got: Any, want: Any) -> list[str]:
         return [d for k in sorted(set(got) | set(want), key=str) if got.get(k) != want.get(k)
                 for d in _differences(f"{key}.{k}", got.get(k), want.get(k))]
     return [f"{key}: store has {_short(got)}, this run has {_short(want)}"]
-
-
-def raw_layout(arr, chunks: tuple, dtype, *, compressed: bool = False) -> bool:
-    """Whether the Zarr array ``arr`` is laid out as this store makes it, so that its chunks can be read and written
-    as bytes: Zarr 3, ``chunks``, ``dtype``, C order, "/"-separated default chunk keys, the ``bytes`` codec (little
-    endian) alone or, with ``compressed``, followed by ``zstd`` alone. Anything else: False (use zarr)."""
-    try:
-        meta = arr.metadata
-        codecs = tuple(getattr(meta, "codecs", ()))
-        names = tuple(type(c).__name__ for c in codecs)
-        endian = getattr(codecs[0], "endian", None) if codecs else None
-        return (getattr(meta, "zarr_format", None) == 3
-                and names == (("BytesCodec", "ZstdCodec") if compressed else ("BytesCodec",))
-                and (endian is None or getattr(endian, "value", endian) == "little")
-                and tuple(meta.chunk_grid.chunk_shape) == tuple(chunks)
-                and type(meta.chunk_key_encoding).__name__ == "DefaultChunkKeyEncoding"
-                and meta.chunk_key_encoding.separator == "/" and np.dtype(arr.dtype) == np.dtype(dtype)
-                and getattr(arr, "order", "C") == "C")
-    except Exception as e:  # anything unexpected: the slow, sure path
-        _log.debug(f"{getattr(arr, 'path', arr)} is read and written through zarr: {type(e).__name__}: {e}")
-        return False
 
 
 def _chunk_key(rel: str, ndim: int = 2) -> tuple[int, int] | None:
