@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="tiles per task / per predict_blocks call")
     ap.add_argument("--ceiling-batch", type=int, default=16)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    ap.add_argument("--models", default="demo,resnet34_unet")
+    ap.add_argument("--models", default="demo,resnet34_unet",
+                    help="any of demo, resnet34_unet, fast (a model much cheaper than its I/O: the pipeline's own cost)")
     ap.add_argument("--resnet-width", type=int, default=64, help="the ResNet-34 UNet's width (64: 24.4 M parameters)")
     ap.add_argument("--rounds", type=int, default=2, help="best of this many timed runs")
     ap.add_argument("--no-cluster", action="store_true", help="skip the LocalCluster pipeline")
@@ -75,7 +76,9 @@ def main(argv=None) -> int:
         f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')} (on a shared, loaded CPU set it to PASSIVE: spinning OpenMP "
         "threads made forward passes 5-9x slower and the figures erratic)")
     src = synthetic_source(work / "mosaic.zarr", a.size, a.tile)
-    bundles = {"demo": None, "resnet34_unet": resnet_bundle(work / "resnet34_unet", a.resnet_width)}
+    makers = {"demo": lambda: None, "resnet34_unet": lambda: resnet_bundle(work / "resnet34_unet", a.resnet_width),
+              "fast": lambda: fast_bundle(work / "fast")}
+    bundles = {m: makers[m]() for m in a.models.split(",")}
     results = {}
     for model_name in a.models.split(","):
         results[model_name] = bench_model(model_name, bundles[model_name], src, device, a, work, say)
@@ -106,6 +109,18 @@ def synthetic_source(path: Path, size: int, tile: int) -> Path:
 
 def resnet_bundle(path: Path, width: int) -> Path:
     """A ResNet-34 UNet bundle with seeded random weights, the demo model's bands and classes."""
+    return random_bundle(path, {"name": "resnet34_unet", "width": width}, f"resnet34-unet-w{width}-random", 32)
+
+
+def fast_bundle(path: Path) -> Path:
+    """A model far cheaper than the I/O around it (tiny_unet b4 l1, random weights): on a CPU it stands in for a fast
+    device, so that the pipeline's own cost shows (how close it gets to the bare model when the model is not the
+    bottleneck)."""
+    return random_bundle(path, {"name": "tiny_unet", "base": 4, "levels": 1}, "tiny-unet-b4-l1-random", 2)
+
+
+def random_bundle(path: Path, arch: dict, name: str, multiple: int) -> Path:
+    """A bundle of ``arch`` with seeded random weights and the demo model's bands and classes."""
     if path.exists():
         return path
     import torch
@@ -115,14 +130,15 @@ def resnet_bundle(path: Path, width: int) -> Path:
     from reefmap.model.segmenter import save_bundle
 
     demo = read_bundle(None)
-    arch = {"name": "resnet34_unet", "in_channels": len(demo.bands), "classes": len(demo.classes), "width": width}
+    arch = {**arch, "in_channels": len(demo.bands), "classes": len(demo.classes)}
     torch.manual_seed(0)
     radius = analytic_receptive_radius(arch)
     save_bundle(path, build_network(arch).eval(), {
-        "name": f"resnet34-unet-w{width}-random", "architecture": arch, "bands": list(demo.bands),
+        "name": name, "architecture": arch, "bands": list(demo.bands),
         "mean": [s["mean"] for s in demo.scaling], "std": [s["stddev"] for s in demo.scaling],
         "valid_range": list(demo.valid_range), "classes": list(demo.classes), "receptive_radius": radius,
-        "halo": -(-radius // 32) * 32, "size_multiple": 32, "training": {"data": "none (random weights, benchmark)"}})
+        "halo": -(-radius // 16) * 16, "size_multiple": multiple,
+        "training": {"data": "none (random weights, benchmark)"}})
     return path
 
 
