@@ -67,6 +67,8 @@ class TorchSegmenter:
             torch.set_num_threads(int(threads))
         net = load_network(Path(meta.path) / meta.artifact, meta.artifact_type, meta.architecture)
         net = net.to(self.device, memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the weights are in place before any thread's stream uses them
         self.net = torch.compile(net, dynamic=False) if self.compile else net
         self._torch = torch
 
