@@ -1,6 +1,7 @@
 """Pipeline vs device ceiling vs bare model, in one run on the device this machine has (issue 11 item 7).
 
-For each model (the demo bundle; a ResNet-34 UNet with random weights, bundled in a temporary folder) it prints:
+For each model (``--models``: the demo bundle; a ResNet-34 UNet with random weights, bundled in a temporary folder;
+``fast``, a tiny_unet b4 l1 with random weights, far cheaper than its I/O: it shows the pipeline's own cost) it prints:
 - the device ceiling: synthetic uint8 halo'd blocks in pinned host memory (on CUDA), batch ``--ceiling-batch``:
   copy in → normalise → forward → softmax → reef probability + argmax → two uint8 layers copied out, all on the device;
 - the bare model as reefmap calls it (``predict_blocks`` on in-memory halo'd blocks, ``--batch`` per call: the device
@@ -15,7 +16,9 @@ Every Mpx/s counts output (map) pixels; each tile computes its halo'd block. For
 halo's cost, the empty-tile screen, and a skipped empty tile vs an inferred one.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--size 4096] [--tile 1024] [--workers N] [--device cuda|cpu]
-        [--batch 4] [--precision fp32|bf16|fp16] [--models demo,resnet34_unet] [--resnet-width 64] [--json]
+        [--batch 4] [--precision fp32|bf16|fp16] [--models demo,resnet34_unet,fast] [--resnet-width 64] [--json]
+
+On a GPU machine: ``benchmarks/device_check.sh`` (the wheels it needs, the device-path tests, then this on CUDA).
 """
 
 from __future__ import annotations
