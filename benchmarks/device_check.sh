@@ -7,7 +7,8 @@
 #
 # `run` installs the wheels into .site (ignored), then runs:
 #   1. the device-path tests on every device torch sees (CUDA there): the kernels' bytes, batch 1 = batch 8 maps,
-#      two model steps at once on their own streams, the in-process pipeline;
+#      two model steps at once on their own streams, the in-process pipeline; and, on the GPU by default, tile-size
+#      invariance, segment() = the tile runner, kill-and-resume and concurrent runs (test_infer, test_run);
 #   2. bench_pipeline.py on CUDA: the demo, a fast and the ResNet-34 UNet model, ceiling / bare / in-process /
 #      embedded default cluster, ms per step, read amplification.
 # Everything it prints also goes to $OUT (default out/device-check): tests.log, bench.txt, bench.json, nvidia-smi.txt.
@@ -43,10 +44,10 @@ run() {
     export PYTHONPATH=$PWD/.site:$PWD
     nvidia-smi > "$out/nvidia-smi.txt" 2>&1
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count())"
-    timeout 180 python3 -m pytest -q -p no:cacheprovider -p no:xdist -p no:hypothesispytest \
-        tests/test_device_path.py tests/test_executors.py > "$out/tests.log" 2>&1
+    timeout 240 python3 -m pytest -q -p no:cacheprovider -p no:xdist -p no:hypothesispytest -m "not slurm" \
+        tests/test_device_path.py tests/test_executors.py tests/test_infer.py tests/test_run.py > "$out/tests.log" 2>&1
     echo "device tests: rc=$?"; tail -n 15 "$out/tests.log"
-    timeout 330 python3 benchmarks/bench_pipeline.py --device cuda --size 8192 --tile 1024 --workers 16 \
+    timeout 280 python3 benchmarks/bench_pipeline.py --device cuda --size 8192 --tile 1024 --workers 16 \
         --models demo,fast,resnet34_unet --rounds 2 --json > "$out/bench.json" 2> "$out/bench.txt"
     echo "bench: rc=$?"; grep -v "^INFO\|distributed\." "$out/bench.txt" | tail -n 60
 }
