@@ -213,10 +213,12 @@ def bench_model(model_name, bundle, src, device, a, work, say) -> dict:
     say("  ms per tile   " + "".join(f"{k:>9s}" for k in STEPS))
     for where, st in res["ms_per_tile"].items():
         say(f"  {where:12s}" + "".join(f"{st.get(k, 0.0):9.2f}" for k in STEPS))
-    say(f"  read amplification (source bytes decoded / bytes needed, measured): in-process "
+    say(f"  read amplification of the tiles' reads (source bytes decoded / bytes needed, measured): in-process "
         f"{res['read_amplification']}, LocalCluster {res['read_amplification_cluster']}; without the chunk cache "
         f"{uncached['ratio']:.2f} (halo'd window / tile {uncached['window_ratio']:.2f}; source chunks "
-        f"{uncached['source_chunks']})")
+        f"{uncached['source_chunks']}). Before them the values check decoded "
+        f"{reads_ip['values_check_decoded_bytes'] / reads_ip['needed_bytes']:.3f} × the bytes needed (fixed: "
+        "the source chunks of up to 4 sampled windows, whatever the job's size)")
     if model_name == "demo":
         res.update(demo_extras(model, mosaic, raw, blocks, tasks, a, work, say))
     return res
@@ -284,9 +286,11 @@ def pipeline(kind, mosaic, bundle, device, a, base: Path):
         reset_read_stats(client)  # and empty chunk caches: each run reads its source afresh
         t = time.perf_counter()
         plan, job, store = prepare(mosaic, bundle, out, tile=a.tile, screen=False, precision=a.precision)
+        check = read_stats()["decoded_bytes"]  # prepare's values check: up to 4 sampled windows, in this process
+        reset_read_stats(client)  # the tiles' reads on their own
         job = dataclasses.replace(job, device=device)
         s = execute(plan, job, store, executor, RunOptions(batch=a.batch, progress=False), on_outcome=outcomes.append)
-        return s, time.perf_counter() - t, outcomes, read_stats(client)
+        return s, time.perf_counter() - t, outcomes, {**read_stats(client), "values_check_decoded_bytes": check}
 
     def rounds(executor):
         once(executor, "warm")  # model loading, kernel compilation
