@@ -217,3 +217,19 @@ def test_the_cli_takes_precision_compile_and_batch(tmp_path):
     cfg.write_text("mosaic: m.zarr\nout: o.zarr\nprecision: fp16\ncompile: true\n")
     c = RunConfig.from_yaml(cfg)
     assert (c.precision, c.compile) == ("fp16", True)
+
+
+@pytest.mark.parametrize("device", torch_devices())
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int16, np.float32])
+def test_raw_blocks_reach_the_device_with_their_exact_values(device, dtype):
+    """uint16/uint32 (types torch supports only in part) travel as the same bytes in signed types and are widened on
+    the device: every value arrives, the top of the range included."""
+    from reefmap.model.segmenter import to_device
+
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else np.finfo(dtype)
+    edge = np.array([info.min, info.max, 0, 1, info.max // 2 + 1 if np.dtype(dtype).kind in "iu" else 0.5], dtype)
+    blocks = [np.resize(np.roll(edge, k), (2, 3, 5)).astype(dtype) for k in range(3)]
+    for given in (blocks, np.stack(blocks)):
+        t = to_device(given, torch.device(device))
+        assert t.device.type == device and t.shape == (3, 2, 3, 5)
+        assert np.array_equal(t.cpu().numpy().astype(np.float64), np.stack(blocks).astype(np.float64))

@@ -151,20 +151,29 @@ def stream_of(device):
 
 
 def to_device(blocks, device):
-    """Same-shaped raw host blocks → one ``(batch, band, y, x)`` tensor on ``device``, in their dtype. To CUDA: copied
-    once, straight into one pinned host buffer, then sent without blocking (on the current stream); elsewhere: one
-    stacked array, shared with torch."""
+    """Same-shaped raw host blocks → one ``(batch, band, y, x)`` tensor on ``device`` holding their values. To CUDA:
+    copied once, straight into one pinned host buffer, then sent without blocking (on the current stream); elsewhere:
+    one stacked array, shared with torch. uint16/uint32 values (torch supports these types only in part) travel as the
+    same bytes in int16/int32 and are widened on the device, exactly."""
     import torch
 
-    if device.type != "cuda":
-        return torch.from_numpy(np.ascontiguousarray(np.stack(blocks) if isinstance(blocks, list) else blocks))
     first = blocks[0]
-    dtype = torch.from_numpy(np.empty(0, first.dtype)).dtype
-    host = torch.empty((len(blocks), *first.shape), dtype=dtype, pin_memory=True)
-    view = host.numpy()
-    for i, b in enumerate(blocks):
-        view[i] = b
-    return host.to(device, non_blocking=True)
+    signed, wide, mask = _UNSIGNED.get(np.dtype(first.dtype), (None, None, None))
+    if device.type != "cuda":
+        host = np.ascontiguousarray(np.stack(blocks) if isinstance(blocks, list) else blocks)
+        t = torch.from_numpy(host if signed is None else host.view(signed))
+    else:
+        dtype = torch.from_numpy(np.empty(0, signed or first.dtype)).dtype
+        t = torch.empty((len(blocks), *first.shape), dtype=dtype, pin_memory=True)
+        view = t.numpy()
+        for i, b in enumerate(blocks):
+            view[i] = b if signed is None else np.asarray(b).view(signed)
+        t = t.to(device, non_blocking=True)
+    return t if signed is None else t.to(getattr(torch, wide)) & mask
+
+
+#: unsigned types torch supports only in part → (the signed type of their bytes, the type that holds them, the mask)
+_UNSIGNED = {np.dtype(np.uint16): (np.int16, "int32", 0xFFFF), np.dtype(np.uint32): (np.int32, "int64", 0xFFFFFFFF)}
 
 
 class StepClock:
