@@ -130,8 +130,9 @@ def encode(probs: np.ndarray, valid: np.ndarray, reef_channels, codes):
     ny, nx = valid.shape
     prob = np.empty((ny, nx), np.uint8)
     cls = np.empty((ny, nx), np.uint8)
-    _encode(np.ascontiguousarray(probs, dtype=np.float32), valid, np.asarray(reef_channels, np.int64),
-            np.asarray(codes, np.uint8), prob, cls)
+    probs = probs if probs.dtype == np.float32 else probs.astype(np.float32)  # a strided core view is read in place
+    _encode(probs, np.ascontiguousarray(valid), np.asarray(reef_channels, np.int64), np.asarray(codes, np.uint8),
+            prob, cls)
     return prob, cls
 
 
@@ -167,4 +168,6 @@ def compile_all() -> None:
     block[:, :4] = 40
     _, valid = normalize(block, np.tile([0.0, 1.0, -np.inf, np.inf], (3, 1)), 0)
     screen_counts(block, np.zeros((1, 3, 2)), 0)
-    encode(np.zeros((5, 8, 8), np.float32), valid, (2,), (1, 2, 3, 4, 5))
+    probs = np.zeros((5, 8, 8), np.float32)
+    encode(probs, valid, (2,), (1, 2, 3, 4, 5))
+    encode(probs[:, 1:, 1:], valid[1:, 1:], (2,), (1, 2, 3, 4, 5))  # a tile's core: a strided view

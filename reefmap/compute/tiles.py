@@ -109,8 +109,7 @@ def predict_blocks(blocks, model, nodata, cores, screen: bool = True, device_pat
         for j, i in enumerate(idxs):
             _, valid, core = prepared[i]
             rs, cs = core.slices
-            results[i] = (*kernels.encode(probs[j][:, rs, cs], np.ascontiguousarray(valid[rs, cs]),
-                                          meta.reef_channels, meta.class_values),
+            results[i] = (*kernels.encode(probs[j][:, rs, cs], valid[rs, cs], meta.reef_channels, meta.class_values),
                           TileState.DONE)
         clock.lap("encode")
     return results

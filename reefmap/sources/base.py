@@ -259,7 +259,8 @@ class ReaderBase:
         if inside == window and not budget:
             return self._count_direct(inside, bands)
         nb = len(self.band_names) if bands is None else len(bands)
-        out = np.full((nb, *window.shape), self.fill_value(), dtype=self.dtype)
+        shape = (nb, *window.shape)  # filled with nodata only where the window leaves the grid
+        out = np.empty(shape, self.dtype) if inside == window else np.full(shape, self.fill_value(), self.dtype)
         if inside is None:
             return out
         if budget:
