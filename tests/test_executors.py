@@ -50,6 +50,15 @@ def traced(monkeypatch):
     return events
 
 
+def tile_job(mosaic_path, bundle, out):
+    """The plan (tiles of 128 px) and a ``TileJob`` into a new map at ``out``, as a run makes them."""
+    mosaic = open_mosaic(str(mosaic_path))
+    meta = load_model(bundle.path).meta
+    plan = plan_tiles(reader_of(mosaic).geobox, 128, meta.halo, size_multiple=meta.size_multiple)
+    store = MapStore.create_or_open(out, plan.grid, {"model": meta.sha256, "halo": meta.halo}, {})
+    return plan, TileJob(reader_of(mosaic).spec(), meta.path, store)
+
+
 def overlaps(a, b) -> bool:
     return a[1] < b[2] and b[1] < a[2]
 
@@ -69,24 +78,15 @@ def test_in_process_groups_are_read_and_written_while_the_model_computes(zarr_mo
     assert busy >= 10, f"only {busy} of 35 model steps overlapped a read or a write"
 
     # the same pixels and states as each group computed alone, one after the other
-    mosaic = open_mosaic(str(path))
-    meta = load_model(random_bundle.path).meta
-    plan = plan_tiles(reader_of(mosaic).geobox, 128, meta.halo, size_multiple=meta.size_multiple)
-    store = MapStore.create_or_open(tmp_path / "serial.zarr", plan.grid, {"model": meta.sha256, "halo": meta.halo}, {})
-    job = TileJob(reader_of(mosaic).spec(), meta.path, store)
+    plan, job = tile_job(path, random_bundle, tmp_path / "serial.zarr")
     for task in plan.tasks():
         run_tiles(job, [task])
     assert layer_bytes(tmp_path / "serial.zarr") == layer_bytes(tmp_path / "piped.zarr")
 
 
 def test_groups_cancelled_before_they_start_are_never_read(zarr_mosaic, random_bundle, tmp_path, traced):
-    path, _ = zarr_mosaic
-    mosaic = open_mosaic(str(path))
-    meta = load_model(random_bundle.path).meta
-    plan = plan_tiles(reader_of(mosaic).geobox, 128, meta.halo, size_multiple=meta.size_multiple)
-    store = MapStore.create_or_open(tmp_path / "m.zarr", plan.grid, {"model": meta.sha256, "halo": meta.halo}, {})
-    job = TileJob(reader_of(mosaic).spec(), meta.path, store)
-    tasks = list(plan.tasks())
+    plan, job = tile_job(zarr_mosaic[0], random_bundle, tmp_path / "m.zarr")
+    store, tasks = job.store, list(plan.tasks())
     gate = threading.Event()
     with InProcess(io_threads=1) as ex:
         ex.readers.submit(gate.wait)  # the one reader thread is busy: every group waits to start
@@ -104,12 +104,7 @@ def test_groups_cancelled_before_they_start_are_never_read(zarr_mosaic, random_b
 def test_a_step_that_raises_fails_its_group_only(zarr_mosaic, random_bundle, tmp_path, monkeypatch):
     """An exception escaping a step (not a tile's own failure, which the step records) reaches that group's future;
     the other groups finish."""
-    path, _ = zarr_mosaic
-    mosaic = open_mosaic(str(path))
-    meta = load_model(random_bundle.path).meta
-    plan = plan_tiles(reader_of(mosaic).geobox, 128, meta.halo, size_multiple=meta.size_multiple)
-    store = MapStore.create_or_open(tmp_path / "m.zarr", plan.grid, {"model": meta.sha256, "halo": meta.halo}, {})
-    job = TileJob(reader_of(mosaic).spec(), meta.path, store)
+    plan, job = tile_job(zarr_mosaic[0], random_bundle, tmp_path / "m.zarr")
     tasks = list(plan.tasks())[:4]
     real = executors.write_tiles
 
