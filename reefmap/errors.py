@@ -84,6 +84,10 @@ class ModelError(ReefmapError):
     """A model bundle is missing, malformed, or cannot run where asked."""
 
 
+class DeviceOutOfMemory(ModelError):
+    """The model step ran out of device memory: every tile of the run would, so the run stops (nothing half-written)."""
+
+
 class StoreError(ReefmapError):
     """An output store cannot be used."""
 

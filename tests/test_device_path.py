@@ -15,6 +15,7 @@ from reefmap.compute import kernels
 from reefmap.compute.tiles import predict_blocks, uses_device_path
 from reefmap.errors import InvalidParameter, StoreMismatch
 from reefmap.execute.runner import RunOptions, execute, prepare
+from reefmap.store.format import TileState
 from reefmap.geometry.grid import Window
 from reefmap.model.segmenter import device_encode, device_normalize, load_model
 from conftest import torch_devices
@@ -233,3 +234,33 @@ def test_raw_blocks_reach_the_device_with_their_exact_values(device, dtype):
         t = to_device(given, torch.device(device))
         assert t.device.type == device and t.shape == (3, 2, 3, 5)
         assert np.array_equal(t.cpu().numpy().astype(np.float64), np.stack(blocks).astype(np.float64))
+
+
+def test_running_out_of_device_memory_stops_the_run_with_the_fix_and_keeps_the_finished_tiles(
+        small_mosaic, random_bundle, tmp_path, monkeypatch, capsys):
+    """A network that runs out of device memory (a fake: there is no GPU here) after its first blocks: the run stops
+    with one ``DeviceOutOfMemory`` naming the block and the fix, not a FAILED record per tile; the tiles finished
+    before are kept, and a re-run with a working model finishes the map, identical to an uninterrupted one."""
+    from reefmap.errors import DeviceOutOfMemory
+
+    model = load_model(random_bundle.path)  # the segmenter the in-process run uses (loaded once per process)
+    real, calls = model.net, []
+
+    class FillsTheDevice(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.shape)
+            if len(calls) > 3:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real(x)
+
+    monkeypatch.setattr(model, "net", FillsTheDevice())
+    plan, job, store = prepare(small_mosaic, random_bundle.path, tmp_path / "m.zarr", tile=128)
+    with pytest.raises(DeviceOutOfMemory, match=r"ran out of memory on cpu for 1 block\(s\) of 3 x \d+ x \d+ .*"
+                                                r"Tried to allocate 2.00 GiB\. Map with a smaller --tile"):
+        execute(plan, job, store, None, RunOptions(batch=1, progress=False))
+    states = store.states()
+    assert 1 <= int((states > 0).sum()) <= 3 and not (states == TileState.FAILED).any()
+    monkeypatch.setattr(model, "net", real)
+    again = execute(plan, job, store, None, RunOptions(batch=1, progress=False))
+    assert again.failed == 0 and again.already_finished == int((states > 0).sum())
+    assert map_bytes(store) == map_bytes(compute_map(small_mosaic, random_bundle, tmp_path / "whole.zarr", batch=1))

@@ -17,7 +17,7 @@ import numpy as np
 
 from reefmap.classes import class_key
 from reefmap.compute import kernels
-from reefmap.errors import BandMismatch
+from reefmap.errors import BandMismatch, DeviceOutOfMemory
 from reefmap.geometry.grid import Window
 from reefmap.model.segmenter import StepClock, load_model
 from reefmap.redaction import redact_text
@@ -186,7 +186,7 @@ def predict_tiles(job: TileJob, batch: TileBatch) -> TileBatch:
         try:
             results = predict_blocks([items[i] for i in ok], model, nodata, [batch.tasks[i].core for i in ok],
                                      job.screen, job.device_path, steps)
-        except BandMismatch:  # the run's configuration is wrong, not this tile
+        except (BandMismatch, DeviceOutOfMemory):  # the run's configuration is wrong, not this tile
             raise
         except Exception as e:
             results = [_failure(e)] * len(ok)

@@ -20,6 +20,7 @@ import numpy as np
 
 from reefmap.caching import LRUCache
 from reefmap.checks import precision as check_precision
+from reefmap.errors import DeviceOutOfMemory
 from reefmap.options import get_option
 from reefmap.model.artifacts import load_network
 from reefmap.model.bundle import BundleMeta, read_bundle, write_bundle
@@ -91,9 +92,24 @@ class TorchSegmenter:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch
-        with torch.inference_mode():
+        with torch.inference_mode(), self.out_of_memory(x.shape):
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
             return torch.cat([self.probabilities(t[i:i + 1]) for i in range(len(t))]).cpu().numpy()
+
+    @contextlib.contextmanager
+    def out_of_memory(self, shape):
+        """Turns the device running out of memory for blocks ``shape`` (blocks, bands, y, x) into
+        ``DeviceOutOfMemory``, naming the fix: every tile of the run would fail alike, so the run stops instead of
+        recording each one FAILED."""
+        try:
+            yield
+        except self._torch.cuda.OutOfMemoryError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
+            raise DeviceOutOfMemory(
+                f"the model {self.meta.name!r} ran out of memory on {self.device} for {shape[0]} block(s) of "
+                f"{' x '.join(map(str, shape[1:]))} (bands x halo'd tile, {self.precision}): {first}. Map with a "
+                "smaller --tile (e.g. 512: the halo stays the model's), --precision bf16, or fewer tiles per task "
+                "(--batch 1); the finished tiles are kept and a re-run computes the rest") from None
 
     def predict_encoded(self, blocks, nodata: float | None, cores, timings: dict | None = None) -> list:
         """The device path ("uint8 in, uint8 out"): raw same-shaped blocks ``(band, y, x)`` (the source dtype; a list
@@ -113,7 +129,9 @@ class TorchSegmenter:
         stream = stream_of(self.device)
         clock = StepClock(timings, stream.synchronize if cuda else None)
         meta = self.meta
-        with torch.inference_mode(), (torch.cuda.stream(stream) if cuda else contextlib.nullcontext()):
+        shape = (len(blocks), *blocks[0].shape)
+        with torch.inference_mode(), self.out_of_memory(shape), \
+                (torch.cuda.stream(stream) if cuda else contextlib.nullcontext()):
             raw = to_device(blocks, self.device)
             clock.lap("h2d")
             x, valid = device_normalize(raw, meta.kernel_scaling(), nodata, meta.valid_range)
