@@ -23,6 +23,12 @@ def visible_gpus() -> list[str]:
         return []
 
 
+def runs_on_gpu(device: str | None) -> bool:
+    """Whether a model asked to run on ``device`` runs on a GPU: a CUDA device, or None (torch's choice) where a GPU
+    is visible (``visible_gpus``)."""
+    return str(device).startswith("cuda") if device is not None else bool(visible_gpus())
+
+
 def gpu_layout(options: dict[str, Any], jobs: int | None, gpus: list[str], cores: int) -> dict[str, Any]:
     """LocalCluster keywords for a host with ``gpus``: one worker process per GPU (each its own GPU, one CUDA
     context, model loaded once), fed by ``cores / GPUs`` threads that read, decode and write while its model step

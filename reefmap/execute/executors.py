@@ -17,7 +17,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Iterator
 
-from reefmap.cluster.local import connected_workers, visible_gpus
+from reefmap.cluster.local import connected_workers, runs_on_gpu
 from reefmap.compute.tiles import predict_tiles, read_tiles, run_tiles, write_tiles
 
 log = logging.getLogger("reefmap.execute")
@@ -73,42 +73,37 @@ class InProcess:
         if self.model is None:
             with self.lock:
                 if self.model is None:
-                    device = job.device if job.device is not None else ("cuda" if visible_gpus() else "cpu")
-                    self.model_slots = self.model_slots or model_slots(job, str(device).startswith("cuda"))
+                    self.model_slots = self.model_slots or model_slots(job, runs_on_gpu(job.device))
                     self.model = ThreadPoolExecutor(self.model_slots, thread_name_prefix="reefmap-model")
         out: Future = Future()
 
-        def then(pool, fn, *args, nxt=None):
-            def step():
-                try:
-                    r = fn(*args)
-                except BaseException as e:
-                    self._finish(out, error=e)
-                    return
-                if nxt is None:
-                    self._finish(out, result=r)
-                else:
-                    nxt(r)
-
+        def step(fn, *args, nxt=None):  # one step here, then the next one on its threads (or the group's result)
             try:
-                pool.submit(step)
+                r = fn(*args)
+            except BaseException as e:
+                self._finish(out, error=e)
+                return
+            if nxt is None:
+                self._finish(out, result=r)
+            else:
+                nxt(r)
+
+        def then(pool, fn, *args, nxt=None):
+            try:
+                pool.submit(step, fn, *args, nxt=nxt)
             except RuntimeError as e:  # the executor is closing
                 self._finish(out, error=e)
 
-        def read():
+        def start():
             with self.lock:
                 if not out.set_running_or_notify_cancel():
                     return  # cancelled before it started
                 self.started.add(out)
-            try:
-                batch = read_tiles(job, tasks)
-            except BaseException as e:
-                self._finish(out, error=e)
-                return
-            then(self.model, predict_tiles, job, batch,
-                 nxt=lambda b: then(self.writers, write_tiles, job, b))
+            step(read_tiles, job, tasks,
+                 nxt=lambda batch: then(self.model, predict_tiles, job, batch,
+                                        nxt=lambda b: then(self.writers, write_tiles, job, b)))
 
-        self.readers.submit(read)
+        self.readers.submit(start)
         return out
 
     def _finish(self, out: Future, result=None, error: BaseException | None = None) -> None:

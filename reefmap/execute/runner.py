@@ -20,7 +20,7 @@ from reefmap.checks import precision as check_precision
 from reefmap.compute.tiles import TileJob
 from reefmap.config import RunConfig
 from reefmap.errors import InvalidParameter, StoreMismatch, TileFailures
-from reefmap.cluster.local import visible_gpus
+from reefmap.cluster.local import runs_on_gpu
 from reefmap.execute.executors import INPROCESS, Distributed, InProcess, open_executor
 from reefmap.execute.loop import chain, store_writes, submit_bounded
 from reefmap.execute.progress import RunProgress
@@ -47,8 +47,7 @@ REMOTE_BATCH = GPU_BATCH = 4
 def default_batch(out, device: str | None = None) -> int:
     """Tiles per task when a run does not say: ``REMOTE_BATCH`` for a remote map, ``GPU_BATCH`` where the model runs
     on a GPU (``device``, or None: any GPU visible on this host), else 1."""
-    gpu = str(device).startswith("cuda") if device is not None else bool(visible_gpus())
-    return REMOTE_BATCH if not urls.is_local(out) else GPU_BATCH if gpu else 1
+    return REMOTE_BATCH if not urls.is_local(out) else GPU_BATCH if runs_on_gpu(device) else 1
 
 
 @dataclass(frozen=True)
