@@ -220,7 +220,7 @@ def bench_model(model_name, bundle, src, device, a, work, say) -> dict:
         f"{reads_ip['values_check_decoded_bytes'] / reads_ip['needed_bytes']:.3f} × the bytes needed (fixed: "
         "the source chunks of up to 4 sampled windows, whatever the job's size)")
     if model_name == "demo":
-        res.update(demo_extras(model, mosaic, raw, blocks, tasks, a, work, say))
+        res.update(demo_extras(model, mosaic, raw, blocks, plan, a, work, say))
     return res
 
 
@@ -348,7 +348,7 @@ def read_amplification(plan, src: Path) -> dict:
             "bytes_needed": needed * arr.shape[0] * arr.dtype.itemsize, "measure": "from the plan and the source chunking"}
 
 
-def demo_extras(model, mosaic, raw, blocks, tasks, a, work, say) -> dict:
+def demo_extras(model, mosaic, raw, blocks, plan, a, work, say) -> dict:
     """The halo's cost, the screen, and a skipped empty tile vs an inferred tile (same reader, model and store)."""
     from reefmap.compute.tiles import TileJob, predict_blocks, run_tiles
     from reefmap.execute.runner import run
@@ -359,6 +359,7 @@ def demo_extras(model, mosaic, raw, blocks, tasks, a, work, say) -> dict:
     from reefmap.store.mapstore import MapStore
 
     meta, tile, halo = model.meta, a.tile, model.meta.halo
+    tasks = list(plan.tasks())
     inner = [b for b, t in zip(blocks, tasks) if t.read.shape.y == tile + 2 * halo and t.read.shape.x == tile + 2 * halo][:4]
     cores = [Window(halo, halo + tile, halo, halo + tile)] * len(inner)
     t_halo = t_core = float("nan")
@@ -378,18 +379,18 @@ def demo_extras(model, mosaic, raw, blocks, tasks, a, work, say) -> dict:
     arr = np.zeros((3, tile * 3, tile * 2), np.uint8)
     arr[:, 2 * tile:, :] = raw[:, :tile, : tile * 2]
     rd = memory_reader(arr, g, nodata=0, band_names=meta.bands)
-    plan = plan_tiles(g, tile, halo, size_multiple=meta.size_multiple)
+    skip_plan = plan_tiles(g, tile, halo, size_multiple=meta.size_multiple)
     shutil.rmtree(work / "skip.zarr", ignore_errors=True)
-    st = MapStore.create_or_open(work / "skip.zarr", plan.grid, {"model": meta.sha256, "halo": halo}, {})
+    st = MapStore.create_or_open(work / "skip.zarr", skip_plan.grid, {"model": meta.sha256, "halo": halo}, {})
     job = TileJob(rd.spec(), meta.path, st, screen=True, device=str(model.device), precision=model.precision)
-    empty, full = plan.task((0, 0)), plan.task((2, 0))
+    empty, full = skip_plan.task((0, 0)), skip_plan.task((2, 0))
     in_thread(lambda: (run_tiles(job, [empty]), run_tiles(job, [full])))
     t_empty = in_thread(best_of, lambda: run_tiles(job, [empty]), 5)
     t_full = in_thread(best_of, lambda: run_tiles(job, [full]), a.rounds)
     state = TileState(run_tiles(job, [empty])[0].state).name
     say(f"  skipped empty tile: {t_empty * 1e3:.2f} ms vs inferred tile {t_full * 1e3:.1f} ms = "
         f"{100 * t_empty / t_full:.2f}% ({state})")
-    cpu = in_thread(cpu_per_mpx, model, mosaic, tasks, work)
+    cpu = in_thread(cpu_per_mpx, model, mosaic, plan, work)
     say(f"  CPU ms per output Mpx outside the model, one core (process time, best of 3, {len(tasks)} tiles): "
         + " + ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k != "total") + f" = {cpu['total']:.2f}")
     return {"halo_time_ratio": round(t_halo / t_core, 3), "screened_inprocess_mpx_s": round(s_sc.mpx_per_s, 3),
@@ -397,7 +398,7 @@ def demo_extras(model, mosaic, raw, blocks, tasks, a, work, say) -> dict:
             "cpu_ms_per_mpx": cpu}
 
 
-def cpu_per_mpx(model, mosaic, tasks, work) -> dict:
+def cpu_per_mpx(model, mosaic, plan, work) -> dict:
     """CPU milliseconds per output Mpx of the steps around the model, on one core (numba at one thread): reading each
     tile's halo'd window (chunk cache emptied first: each source chunk decoded once), encoding the model's real
     probabilities of a tile into the two layers, writing them and marking the tile (a fresh map)."""
@@ -405,14 +406,13 @@ def cpu_per_mpx(model, mosaic, tasks, work) -> dict:
 
     from reefmap.compute import kernels
     from reefmap.compute.tiles import TileBatch, TileJob, read_tiles, write_tiles
-    from reefmap.planning.plan import plan_tiles
     from reefmap.sources import clear_chunk_cache
     from reefmap.sources.base import reader_of
     from reefmap.store.format import TileState
     from reefmap.store.mapstore import MapStore
 
     meta, reader = model.meta, reader_of(mosaic)
-    plan = plan_tiles(reader.geobox, tasks[0].write.shape.x, meta.halo, size_multiple=meta.size_multiple)
+    tasks = list(plan.tasks())
     shutil.rmtree(work / "cpu.zarr", ignore_errors=True)
     store = MapStore.create_or_open(work / "cpu.zarr", plan.grid, {"model": meta.sha256, "halo": meta.halo}, {})
     job = TileJob(reader.spec(), meta.path, store, screen=False)
