@@ -280,3 +280,12 @@ def test_cli_bad_input_one_line_errors(synth_map, tmp_path, capsys, case):
 
     assert re.search(expect, err), err
     assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_report_numbers_too_small_for_three_decimals_keep_their_digits():
+    """A well-calibrated map's ECE (0.0004 on the demo) was printed as 0.000, which reads as perfect calibration."""
+    from reefmap.products.calval_report import fmt
+
+    assert fmt(0.0004336886773149488) == "0.00043" and fmt(-0.0004) == "-0.0004"
+    assert fmt(0.0) == "0.000" and fmt(0.8) == "0.800" and fmt(0.0005) == "0.001" and fmt(0.12, 2) == "0.12"
+    assert fmt(None) == "n/a" and fmt(1234) == "1,234"

@@ -26,10 +26,14 @@ def slug(name: str) -> str:
 
 
 def fmt(v, digits: int = 3) -> str:
+    """A report's number: ``digits`` decimals; a non-zero value too small for them (an ECE of 0.0004) with its two
+    significant digits, never as a false 0.000."""
     if v is None:
         return "n/a"
     if isinstance(v, int):
         return f"{v:,}"
+    if v != 0 and abs(v) < 0.5 * 10 ** -digits:
+        return f"{v:.2g}"
     return f"{v:.{digits}f}"
 
 
