@@ -35,11 +35,12 @@ def outputs_text(nb):
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream":
-                text.append(out["text"])
+                text.append(out["text"])  # one print may arrive as several stream outputs: join them as shown
             data = out.get("data", {})
             images += "image/png" in data
-            text.append(data.get("text/plain", ""))
-    return "\n".join(text), images
+            if "text/plain" in data:
+                text.append("\n" + data["text/plain"] + "\n")
+    return "".join(text), images
 
 
 def cell_output(cell) -> tuple[str, int]:
