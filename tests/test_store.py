@@ -84,3 +84,23 @@ def test_provenance_is_a_json_string_and_format1_dicts_still_read():
     assert decode_meta({"format": "reefmap-map/1"}) == {"format": "reefmap-map/1"}
     assert decode_meta("not json") is None and decode_meta(3) is None
     assert format_version({"format": "reefmap-map/1"}) == 1 and format_version({"format": "other/2"}) == 0
+
+
+def test_a_store_another_run_is_creating_is_joined_and_a_foreign_folder_is_refused(tmp_path):
+    """Two runs creating one store race: the loser may find the folder before its root ``zarr.json`` is renamed
+    into place (only a ``*.partial`` file and members). It joins the creation instead of calling the folder
+    foreign (seen in CI as 'already exists and is not a reefmap map'); a folder with anything else is refused."""
+    from reefmap.geometry.grid import TileGrid
+
+    grid = TileGrid(GB, 32)
+    out = tmp_path / "m.zarr"
+    (out / "spatial_ref").mkdir(parents=True)
+    (out / "zarr.0123abcd.partial").write_bytes(b'{"zarr_format"')  # the creator's root metadata, half-written
+    store = MapStore.create_or_open(str(out), grid, {"model": "x"}, {})
+    assert store.attrs["identity"]["model"] == "x" and store.states().shape == tuple(grid.shape)
+    foreign = tmp_path / "f.zarr"
+    (foreign / "spatial_ref").mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(NotAReefmapStore, match="already exists and is not a reefmap map"):
+        MapStore.create_or_open(str(foreign), grid, {"model": "x"}, {})
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt", "spatial_ref"]  # nothing written

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import posixpath
 import threading
 import uuid
 from dataclasses import dataclass
@@ -253,12 +254,21 @@ class MapStore:
     _MEMBERS = {"spatial_ref", "x", "y", "reef_probability", "classification", TILES_GROUP, "tile_errors", "plans"}
 
     def _being_created(self) -> bool:
-        """A Zarr group holding only reefmap's members but no root attributes yet: another run is creating it."""
+        """Another run is creating this store: its folder holds only reefmap's members and files being renamed
+        into place (``*.partial``), and no root attributes yet — perhaps not even the root ``zarr.json``."""
+        fs, path = urls.url_to_fs(self.url, self.storage_options)
         try:
-            g = self.open_group("r")
-        except Exception:
+            names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
+        except FileNotFoundError:
             return False
-        return "reefmap" not in g.attrs and set(k for k, _ in g.members()) <= self._MEMBERS
+        if any(n not in self._MEMBERS and n != "zarr.json" and not n.endswith(".partial") for n in names):
+            return False
+        if "zarr.json" not in names:
+            return True
+        try:
+            return "reefmap" not in self.open_group("r").attrs
+        except Exception:  # a root zarr.json that is not a Zarr group: not ours
+            return False
 
     def check_identity(self, identity: dict, *, allow_new_sources: bool = False, specs=()) -> None:
         """Refuse (``StoreMismatch``, naming each difference) to write this run into a store made with another
