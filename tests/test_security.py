@@ -194,6 +194,7 @@ def test_basic_auth_url_never_persisted_or_shown_even_when_tiles_fail(server, tm
     errors = {tuple(e.attrs["tile"]): e.attrs["error"] for _, e in g["tile_errors"].groups()}
     assert (states == TileState.FAILED).sum() == len(errors) > 0 and (states == TileState.DONE).any()
     assert all(f"127.0.0.1:{srv.port}/scene.tif" in e for e in errors.values()), errors  # the reason names the file
+    assert all("cannot be read" in e and "500" in e and "corrupt" not in e for e in errors.values()), errors
     attrs = decode_meta(g.attrs["reefmap"])
     assert attrs["sources"][0]["paths"] == [f"http://***@127.0.0.1:{srv.port}/scene.tif"]
     assert attrs["identity"]["sources"][0]["locations"] == [f"http://***@127.0.0.1:{srv.port}/scene.tif"]
@@ -210,6 +211,25 @@ def test_basic_auth_url_never_persisted_or_shown_even_when_tiles_fail(server, tm
     outputs += [text, err]
     assert secrets_in_tree(tmp_path) == []
     assert not [t for t in outputs if PASSWORD in t]
+
+
+def test_a_server_failing_every_range_request_is_one_error_line_not_a_crash(server, tmp_path, random_bundle):
+    """The server answers HEAD and whole-file GETs but 500 to every range request, the GeoTIFF header's first. A
+    read that raises inside GDAL aborted the process (``std::length_error``, exit -6); now the file ends at the
+    failed read and the run stops with one line naming the URL (redacted) and the server's answer, before any
+    store exists."""
+    srv, www = server
+    write_tif(www / "scene.tif", (600, 600), seed=6)
+    srv.fail_from = 0
+    url = f"http://alice:{PASSWORD}@127.0.0.1:{srv.port}/scene.tif"
+    rc, text, err = reefmap_cli("run", "--mosaic", url, "--model", random_bundle.path, "--out", tmp_path / "m.zarr",
+                                "--tile", 256, "--workers", 1)
+    assert rc == 2, (rc, err[-3000:])
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("reefmap: error:") and "Traceback" not in err, err
+    assert f"http://***@127.0.0.1:{srv.port}/scene.tif cannot be read" in lines[0] and "500" in lines[0], lines[0]
+    assert any(st == 500 for _, _, st in srv.log) and PASSWORD not in text + err
+    assert not (tmp_path / "m.zarr").exists()
 
 
 def test_presigned_url_through_the_cli_and_the_python_face(server, tmp_path, random_bundle):

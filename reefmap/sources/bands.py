@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from reefmap.caching import LRUCache
-from reefmap.errors import BandMismatch, InputValuesMismatch, InvalidParameter, SourceError
+from reefmap.errors import BandMismatch, InputValuesMismatch, InvalidParameter, SourceError, Unreachable
 from reefmap.geometry.grid import Window
 
 log = logging.getLogger("reefmap.sources")
@@ -188,12 +188,13 @@ def _values_of(reader, band: int, windows: Sequence[Window]) -> np.ndarray:
 
 
 def readable(reader, windows: Sequence[Window], bands: tuple[int, ...] | None = None):
-    """The pixels of each of ``windows`` that can be read: a window that cannot (a corrupt block, a missing file) is
-    left out of the sample; its tile fails on its own in the run, with the reason recorded."""
+    """The pixels of each of ``windows`` that can be read: a window that cannot (a corrupt block, a missing file, a
+    server failing that part of a file) is left out of the sample; its tile fails on its own in the run, with the
+    reason recorded."""
     for w in windows:
         try:
             yield reader.read(w) if bands is None else reader.read(w, bands)
-        except SourceError as e:
+        except (SourceError, Unreachable) as e:
             log.info(f"reefmap: a sample window of the mosaic was not readable ({type(e).__name__}); left out of the check")
 
 

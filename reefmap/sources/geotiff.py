@@ -235,12 +235,14 @@ class GeoTIFFMosaicReader(ReaderBase):
         try:
             arr = h.run(ds.read, indexes=indexes, window=rw)
         except Exception as e:  # noqa: BLE001 - GDAL reports decode failures as RasterioIOError/CPLE_*
+            self._check_reads(i, h)  # a failed request is not a corrupt file
             cause = e.__cause__ or e
             raise CorruptSource(
                 f"cannot read GeoTIFF {f.path} in mosaic window rows {inter.row_start}:{inter.row_stop}, cols "
                 f"{inter.col_start}:{inter.col_stop}: {type(cause).__name__}: {cause}. The file is truncated or "
                 "corrupt there: re-download or rewrite it"
             ) from e
+        self._check_reads(i, h)  # GDAL may go on past a block it could not fetch: never return what it made of it
         data = arr[: len(chosen)]
         if alpha:
             valid = arr[-1] != 0
@@ -267,6 +269,16 @@ class GeoTIFFMosaicReader(ReaderBase):
                 del handles[i]
                 raise
         return h
+
+    def _check_reads(self, i: int, h: "_Handle") -> None:
+        """``Unreachable`` if a request for file ``i`` failed during the last read (a remote file's ``opener``);
+        the file is then closed, so that the next read opens it afresh."""
+        opener = getattr(h.datasets[0], "opener", None) if h.datasets else None
+        if opener is None or opener.error is None:
+            return
+        self._local.handles.pop(i, None)
+        h.close()
+        opener.check(self.files[i].path)
 
     def _open(self, i: int) -> tuple:
         """Open file ``i`` (and its WarpedVRT); returns the datasets, the one to read from last."""
@@ -400,10 +412,18 @@ def _open_dataset(path: str, storage_options: dict):
         if urls.is_local(path):
             return rasterio.open(urls.local_path(path))
         fs, p = urls.url_to_fs(path, storage_options)
+        opener = urls.rasterio_opener(fs)
         # no probing of side-car files (.msk, .ovr, .aux.xml): a request each, and GDAL prints the URL of each one
         # that fails (for a presigned URL, with its signature) on stderr
-        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
-            return rasterio.open(p, opener=urls.rasterio_opener(fs))
+        try:
+            with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+                src = rasterio.open(p, opener=opener)
+        except RasterioIOError:
+            opener.check(path)  # a failed read (HTTP 500 ...) is not a broken file
+            raise
+        opener.check(path)
+        src.opener = opener  # later reads check it too (GeoTIFFMosaicReader._check_reads)
+        return src
     except RasterioIOError as e:
         raise SourceError(f"{path} is not a readable GeoTIFF (GDAL: {e}); check that it is a complete GeoTIFF/COG file") from e
 

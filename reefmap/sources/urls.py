@@ -112,31 +112,68 @@ def suffix(location: Any) -> str:
     return os.path.splitext(name)[1].lower()
 
 
-class _OwnFilePerOpen:
-    """An fsspec memory filesystem, adapted for rasterio's ``opener=``.
+class RasterioOpener:
+    """What to pass as ``rasterio.open(path, opener=...)`` for files on fsspec filesystem ``fs``.
 
-    ``memory://`` hands every ``open()`` of a path the *same* file object (one shared position), but GDAL
-    opens a file several times and needs each open file separately seekable (and reads from several threads).
-    Each read-mode ``open`` here gets its own ``BytesIO`` over the file's bytes; everything else is delegated.
+    A read that raises inside GDAL aborts the whole process (``std::length_error``; rasterio 1.4.4, GDAL 3.10: an
+    HTTP 500 answering a range request does it). So the files opened here end where a read fails, GDAL reports
+    the short file as its own error, and the read's exception is kept: ``check(location)`` raises it as
+    ``Unreachable``. (Everything else is ``fs``'s own.)
+
+    ``memory://`` hands every ``open()`` of a path the *same* file object (one shared position), but GDAL opens a
+    file several times and needs each open file separately seekable: there each read-mode ``open`` gets its own
+    ``BytesIO`` over the file's bytes.
     """
 
     def __init__(self, fs):
         self._fs = fs
+        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+        self._own_file_per_open = "memory" in protocols
+        self.error: Exception | None = None
 
     def open(self, path, mode="rb", **kw):
-        if "r" in mode and "+" not in mode:
+        if "r" not in mode or "+" in mode:
+            return self._fs.open(path, mode, **kw)
+        if self._own_file_per_open:
             import io
 
             return io.BytesIO(self._fs.cat_file(path))
-        return self._fs.open(path, mode, **kw)
+        return _EndsAtAFailedRead(self._fs.open(path, mode, **kw), self)
+
+    def check(self, location: Any) -> None:
+        """Raise a read error of a file opened here as ``Unreachable`` naming ``location`` (once: it is cleared)."""
+        e, self.error = self.error, None
+        if e is not None:
+            raise Unreachable(f"{as_str(location)} cannot be read ({type(e).__name__}: {e}); check the URL, the "
+                              "network and the server") from e
 
     def __getattr__(self, name):
         return getattr(self._fs, name)
 
 
-def rasterio_opener(fs):
+class _EndsAtAFailedRead:
+    """A read-mode file whose failing ``read`` returns ``b""`` (end of file) and records its error on ``opener``."""
+
+    def __init__(self, f, opener: RasterioOpener):
+        self._f, self._opener = f, opener
+
+    def read(self, *args):
+        try:
+            return self._f.read(*args)
+        except Exception as e:  # noqa: BLE001 - aiohttp, botocore, google-auth ... each has its own errors
+            self._opener.error = self._opener.error or e
+            return b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def rasterio_opener(fs) -> RasterioOpener:
     """The object to pass as ``rasterio.open(path, opener=...)`` for files on fsspec filesystem ``fs``."""
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if "memory" in protocols:
-        return _OwnFilePerOpen(fs)
-    return fs
+    return RasterioOpener(fs)
