@@ -421,7 +421,9 @@ def _open_dataset(path: str, storage_options: dict):
         except RasterioIOError:
             opener.check(path)  # a failed read (HTTP 500 ...) is not a broken file
             raise
-        opener.check(path)
+        if opener.error is not None:  # GDAL opened what it could fetch: not the file
+            src.close()
+            opener.check(path)
         src.opener = opener  # later reads check it too (GeoTIFFMosaicReader._check_reads)
         return src
     except RasterioIOError as e:

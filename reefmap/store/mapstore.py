@@ -251,6 +251,8 @@ class MapStore:
         store.check_identity(identity)  # a concurrent creator with another configuration may have won
         return store
 
+    #: the suffix of a file written aside and renamed into place (``put_raw``; zarr's local store names its own so)
+    PARTIAL = ".partial"
     _MEMBERS = {"spatial_ref", "x", "y", "reef_probability", "classification", TILES_GROUP, "tile_errors", "plans"}
 
     def _being_created(self) -> bool:
@@ -261,7 +263,7 @@ class MapStore:
             names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
         except FileNotFoundError:
             return False
-        if any(n not in self._MEMBERS and n != "zarr.json" and not n.endswith(".partial") for n in names):
+        if any(n not in self._MEMBERS and n != "zarr.json" and not n.endswith(self.PARTIAL) for n in names):
             return False
         if "zarr.json" not in names:
             return True
@@ -485,7 +487,7 @@ class MapStore:
                         os.remove(path)
                     continue
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                part = f"{path}.{uuid.uuid4().hex}.partial"
+                part = f"{path}.{uuid.uuid4().hex}{self.PARTIAL}"
                 try:
                     with open(part, "wb") as f:
                         f.write(b)
